@@ -1,0 +1,41 @@
+# The whole routine: make format lint test. `make run` starts everything locally.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test format lint bench soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(VENV)/bin/pdpj-async dev
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+format: install
+	$(VENV)/bin/ruff format pdpj_async tests bench
+	$(VENV)/bin/ruff check --fix --quiet pdpj_async tests bench || true
+
+lint: install
+	$(VENV)/bin/ruff format --check pdpj_async tests bench
+	$(VENV)/bin/ruff check pdpj_async tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/run_all.py
+
+soak: install
+	$(PY) -m pytest -m soak tests/system $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache data
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

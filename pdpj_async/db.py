@@ -1,0 +1,112 @@
+"""PostgreSQL: the asyncpg pool (jsonb via msgspec), yoyo migrations, the embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import msgspec
+from asyncpg.pool import PoolConnectionProxy
+
+from .config import Config, resolved_data_dir
+from .embedded_pg import EmbeddedPostgres
+from .errors import DatabaseUnavailable
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+Pool = asyncpg.Pool
+# Something that runs queries inside a transaction, and something that runs them at all.
+Connection = asyncpg.Connection | PoolConnectionProxy
+Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    # Binary jsonb is a version byte followed by the JSON text.
+    return b"\x01" + _json_encode(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return _json_decode(data[1:])
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Per-connection setup: json and jsonb go through msgspec."""
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "json",
+        encoder=lambda v: _json_encode(v).decode(),
+        decoder=_json_decode,
+        schema="pg_catalog",
+    )
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 20, command_timeout: float = 30.0
+) -> asyncpg.Pool:
+    """Open the pool; raises DatabaseUnavailable when PostgreSQL cannot be reached."""
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            command_timeout=command_timeout,
+            init=init_connection,
+            server_settings={"application_name": "pdpj-async"},
+        )
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def transaction(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
+    """A connection from the pool inside one transaction."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+def yoyo_uri(dsn: str) -> str:
+    """The yoyo (psycopg) form of a libpq URI."""
+    parts = urlsplit(dsn)
+    scheme = "postgresql+psycopg"
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def apply_migrations(dsn: str, directory: Path = MIGRATIONS_DIR) -> int:
+    """Apply every pending migration under a lock (several daemons may start at once)."""
+    from yoyo import get_backend, read_migrations
+
+    backend = get_backend(yoyo_uri(dsn))
+    try:
+        migrations = read_migrations(str(directory))
+        with backend.lock():
+            pending = backend.to_apply(migrations)
+            backend.apply_migrations(pending)
+        return len(pending)
+    finally:
+        backend.connection.close()
+
+
+async def migrate(dsn: str) -> None:
+    """Apply pending migrations without blocking the event loop."""
+    applied = await asyncio.to_thread(apply_migrations, dsn)
+    log.info("migrations_applied", count=applied)
+
+
+def embedded_server(config: Config) -> EmbeddedPostgres:
+    """The embedded server used when no DSN is configured."""
+    return EmbeddedPostgres(resolved_data_dir(config) / "postgres")

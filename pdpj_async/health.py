@@ -1,0 +1,58 @@
+"""Liveness and readiness: /healthz says the process runs, /readyz that it can do work."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from aiohttp import web
+
+from . import state
+
+# A readiness check returns None when healthy, else a short reason.
+ReadinessCheck = Callable[[web.Application], Awaitable[str | None]]
+READINESS_CHECKS = web.AppKey("readiness_checks", dict[str, ReadinessCheck])
+
+_encode = msgspec.json.Encoder().encode
+
+
+async def _database(app: web.Application) -> str | None:
+    try:
+        async with asyncio.timeout(2):
+            await app[state.POOL].fetchval("SELECT 1")
+    except Exception as exc:  # any failure means not ready; the reason is reported
+        return f"database unreachable: {type(exc).__name__}"
+    return None
+
+
+def add_readiness_check(app: web.Application, name: str, check: ReadinessCheck) -> None:
+    """Register a check that /readyz runs (storage, upstream token, ...)."""
+    app[READINESS_CHECKS][name] = check
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Every readiness check passes; otherwise 503 with the reasons."""
+    checks = request.app[READINESS_CHECKS]
+    results = await asyncio.gather(*(check(request.app) for check in checks.values()))
+    failures = {name: r for name, r in zip(checks, results, strict=True) if r is not None}
+    body = {
+        "status": "ready" if not failures else "not_ready",
+        "checks": {name: failures.get(name, "ok") for name in checks},
+    }
+    return web.Response(
+        status=200 if not failures else 503, body=_encode(body), content_type="application/json"
+    )
+
+
+def setup_routes(app: web.Application) -> None:
+    """Mount /healthz and /readyz."""
+    checks: dict[str, ReadinessCheck] = {"database": _database}
+    app[READINESS_CHECKS] = checks
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

