@@ -1,5 +1,7 @@
 -- depends: 0003.jobs
--- The webhook outbox: one row per message (its id is the webhook-id header), attempts logged.
+-- The webhook outbox: one row per message (its id is the webhook-id header), every attempt logged.
+-- A row is due when next_attempt_at has passed; claiming it pushes next_attempt_at past the lease,
+-- so a sender that dies mid-attempt leaves it due again once the lease runs out.
 
 CREATE TABLE pdpj.webhook_deliveries (
     id               text PRIMARY KEY,
@@ -10,13 +12,16 @@ CREATE TABLE pdpj.webhook_deliveries (
     payload          jsonb NOT NULL,
     status           text NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'delivered', 'failed', 'gone')),
+    -- Every attempt ever made, and those of the current round (a redelivery starts a new round).
     attempts         integer NOT NULL DEFAULT 0,
+    round_attempts   integer NOT NULL DEFAULT 0,
     next_attempt_at  timestamptz NOT NULL DEFAULT now(),
     lease_owner      text,
     lease_expires_at timestamptz,
     last_status_code integer,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
     delivered_at     timestamptz
 ) WITH (fillfactor = 80);
 
@@ -31,6 +36,8 @@ CREATE TABLE pdpj.webhook_attempts (
     attempted_at  timestamptz NOT NULL DEFAULT now(),
     status_code   integer,
     latency_ms    double precision,
+    outcome       text NOT NULL
+                  CHECK (outcome IN ('delivered', 'gone', 'retry', 'failed', 'stale')),
     error         text,
     response_body text
 );

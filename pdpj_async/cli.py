@@ -92,6 +92,18 @@ async def _cmd_keys(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _cmd_dev(args: argparse.Namespace, config: Config) -> int:
+    from . import dev
+
+    if args.port is not None:
+        config = msgspec.structs.replace(
+            config, http=msgspec.structs.replace(config.http, port=args.port)
+        )
+    return await dev.run(
+        config, sandbox_port=args.sandbox_port, s3_port=args.s3_port if args.s3 else None
+    )
+
+
 async def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from . import daemon
 
@@ -100,6 +112,20 @@ async def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
             config, database=msgspec.structs.replace(config.database, migrate_on_start=False)
         )
     return await daemon.serve(config)
+
+
+async def _cmd_sandbox(args: argparse.Namespace, config: Config) -> int:
+    from . import sandbox
+
+    settings = sandbox.SandboxSettings(
+        token=args.token,
+        latency_ms=args.latency_ms,
+        docs_per_process=(args.min_docs, args.max_docs),
+        doc_size_range=(args.min_size, args.max_size),
+        default_form="object" if args.object_form else "array",
+        token_expires_after=args.token_expires_after,
+    )
+    return await sandbox.serve(settings, args.host, args.port)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +143,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = sub.add_parser("migrate", help="apply database migrations")
     migrate.set_defaults(func=_cmd_migrate)
 
+    dev = sub.add_parser("dev", help="run everything locally: sandbox PDPJ, embedded database")
+    dev.add_argument("--port", type=int, default=None, help="daemon port (default http.port)")
+    dev.add_argument("--sandbox-port", type=int, default=8181)
+    dev.add_argument("--s3", action="store_true", help="store in a local moto S3 server")
+    dev.add_argument("--s3-port", type=int, default=5055)
+    dev.set_defaults(func=_cmd_dev)
+
     keys_p = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys_p.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key (printed once)")
@@ -130,6 +163,19 @@ def _parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate-secret", help="issue a new webhook signing secret")
     rotate.add_argument("id", type=int)
     keys_p.set_defaults(func=_cmd_keys)
+
+    sandbox_p = sub.add_parser("sandbox", help="run a local PDPJ look-alike")
+    sandbox_p.add_argument("--host", default="127.0.0.1")
+    sandbox_p.add_argument("--port", type=int, default=8181)
+    sandbox_p.add_argument("--token", default="sandbox-token", help="bearer token it accepts")
+    sandbox_p.add_argument("--latency-ms", type=float, default=0.0)
+    sandbox_p.add_argument("--min-docs", type=int, default=0)
+    sandbox_p.add_argument("--max-docs", type=int, default=8)
+    sandbox_p.add_argument("--min-size", type=int, default=1024, help="bytes")
+    sandbox_p.add_argument("--max-size", type=int, default=256 * 1024, help="bytes")
+    sandbox_p.add_argument("--object-form", action="store_true", help="bare objects, not arrays")
+    sandbox_p.add_argument("--token-expires-after", type=int, default=None, help="requests")
+    sandbox_p.set_defaults(func=_cmd_sandbox)
     return parser
 
 

@@ -78,6 +78,8 @@ class PdpjConfig(_Section, frozen=True):
     refresh_margin_s: float = 120.0
     # A stored process older than this is fetched again on request.
     freshness_ttl_s: float = 3600.0
+    # Seconds between looks at token_file for a replaced token.
+    token_poll_s: float = 1.0
 
 
 class QueueConfig(_Section, frozen=True):
@@ -88,6 +90,8 @@ class QueueConfig(_Section, frozen=True):
     backoff_base_s: float = 2.0
     backoff_cap_s: float = 600.0
     max_attempts: int = 8
+    # Most rows one claim takes (a claim asks for as many as there are free workers, up to this).
+    claim_batch: int = 50
 
 
 class StorageConfig(_Section, frozen=True):
@@ -107,6 +111,8 @@ class StorageConfig(_Section, frozen=True):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     part_size: int = 8 * 1024 * 1024
     parts_in_flight: int = 4
+    # Attempts per S3 call (botocore's standard retry mode), the first included.
+    max_attempts: int = 3
     # Abort multipart uploads older than this (leftovers of a crash).
     sweep_age_s: float = 86400.0
     sweep_interval_s: float = 3600.0
@@ -124,6 +130,16 @@ class WebhooksConfig(_Section, frozen=True):
     max_documents_in_payload: int = 1000
     # Both the old and the new signing secret are sent for this long after a rotation.
     secret_overlap_s: float = 86400.0
+    # Attempts in flight at once, per daemon.
+    concurrency: int = 16
+    # An attempt's claim on a delivery; another daemon retries it after this (keep > timeout_s).
+    lease_s: float = 60.0
+    # Fallback poll when no NOTIFY arrives.
+    poll_interval_s: float = 5.0
+    # Bytes of a receiver's response body that are read and stored.
+    max_response_bytes: int = 4096
+    # Messages the built-in webhook-test receiver keeps in memory.
+    test_receiver_keep: int = 100
 
 
 class RateLimitConfig(_Section, frozen=True):

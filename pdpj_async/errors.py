@@ -98,3 +98,25 @@ class RetryLater(PdpjAsyncError):
 
 class InvalidTransition(PdpjAsyncError):
     """A status change that the status machine does not allow."""
+
+
+class WebhookUrlRefused(InvalidWebhookUrl):
+    """The SSRF guard refused a webhook URL; `reason` is a short machine-readable cause."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Release(PdpjAsyncError):
+    """Raised by a queue handler to give its row back unfailed, the attempt not counted."""
+
+
+class RateLimited(PdpjAsyncError):
+    """The API key spent its request budget; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float, limit: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit

@@ -36,11 +36,17 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
 
+async def readiness_failures(app: web.Application) -> dict[str, str]:
+    """The checks that fail now, with their reasons."""
+    checks = app[READINESS_CHECKS]
+    results = await asyncio.gather(*(check(app) for check in checks.values()))
+    return {name: r for name, r in zip(checks, results, strict=True) if r is not None}
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Every readiness check passes; otherwise 503 with the reasons."""
     checks = request.app[READINESS_CHECKS]
-    results = await asyncio.gather(*(check(request.app) for check in checks.values()))
-    failures = {name: r for name, r in zip(checks, results, strict=True) if r is not None}
+    failures = await readiness_failures(request.app)
     body = {
         "status": "ready" if not failures else "not_ready",
         "checks": {name: failures.get(name, "ok") for name in checks},

@@ -10,9 +10,10 @@ import structlog
 from aiohttp import web
 
 from . import keys, problems, state
-from .errors import AuthError, DatabaseUnavailable, Forbidden, PdpjAsyncError
+from .errors import AuthError, DatabaseUnavailable, Forbidden, PdpjAsyncError, RateLimited
 from .keys import ApiKey
 from .logs import get_logger
+from .ratelimit import TokenBucket
 
 log = get_logger(__name__)
 
@@ -121,4 +122,32 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     structlog.contextvars.bind_contextvars(api_key_id=api_key.id)
     if path.startswith(ADMIN_PREFIX) and not api_key.is_admin:
         raise Forbidden("this route needs an admin key")
+    limits = request.app[state.RATE_LIMITS]
+    limits.check(api_key)
     return await handler(request)
+
+
+class RateLimits:
+    """A token bucket per API key (per daemon instance), sized by config or the key's own limit."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[int, TokenBucket] = {}
+
+    def check(self, api_key: ApiKey) -> None:
+        """Spend one request of the key's budget; raises RateLimited when there is none."""
+        rate = api_key.rate_limit_per_s or self._rate
+        if rate <= 0:
+            return
+        burst = api_key.rate_limit_burst or self._burst
+        bucket = self._buckets.get(api_key.id)
+        if bucket is None or bucket.rate != rate:
+            bucket = self._buckets[api_key.id] = TokenBucket(rate, burst)
+        wait = bucket.try_acquire()
+        if wait > 0:
+            raise RateLimited(
+                f"rate limit of {rate:g} requests/s (burst {burst}) exceeded; retry later",
+                retry_after=wait,
+                limit=int(bucket.burst),
+            )

@@ -40,6 +40,7 @@ _MAP: list[tuple[type[BaseException], int, str, str]] = [
     (errors.NotFound, 404, "not-found", "Not found"),
     (errors.UpstreamNotFound, 404, "process-not-found", "Process not found at PDPJ"),
     (errors.Conflict, 409, "conflict", "Conflict"),
+    (errors.RateLimited, 429, "rate-limited", "Too many requests"),
     (errors.UpstreamAuthExpired, 503, "upstream-token-expired", "PDPJ token expired"),
     (errors.UpstreamTransient, 503, "upstream-unavailable", "PDPJ unavailable"),
     (errors.UpstreamError, 502, "upstream-error", "PDPJ error"),
@@ -78,6 +79,10 @@ def from_exception(exc: BaseException, request_id: str | None = None) -> web.Res
             if retry_after is not None:
                 headers["Retry-After"] = str(max(1, round(retry_after)))
                 extra["retry_after"] = retry_after
+            if isinstance(exc, errors.RateLimited):
+                headers["RateLimit-Limit"] = str(exc.limit)
+                headers["RateLimit-Remaining"] = "0"
+                headers["RateLimit-Reset"] = headers["Retry-After"]
             if status == 401:
                 headers["WWW-Authenticate"] = 'Bearer realm="pdpj-async"'
             return problem_response(status, slug, title, str(exc), headers=headers, **extra)

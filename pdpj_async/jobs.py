@@ -1,0 +1,234 @@
+"""Jobs as their owners see them: read, list, cancel, retry; and the status of a process."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from . import cnj, queries, states
+from .db import transaction
+from .errors import Conflict, InvalidRequest, NotFound
+from .keys import ApiKey
+from .logs import get_logger
+from .processes import DOWNLOAD_KIND, status_url
+from .views import DocumentView, JobList, JobView, StatusView
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+log = get_logger(__name__)
+
+_JOBS = queries.load("jobs")
+_PROC = queries.load("processes")
+
+# storage key, file name → a fresh signed URL
+UrlSigner = Callable[[str, str], str]
+
+
+def job_view(row: asyncpg.Record, base_url: str) -> JobView:
+    """A job row as the API shows it."""
+    number = cnj.ProcessNumber(row["process_number"])
+    return JobView(
+        job_id=row["id"],
+        process_number=number.masked,
+        status=row["status"],
+        webhook_url=row["webhook_url"],
+        webhook_sent=row["webhook_sent"],
+        total_documents=row["total_documents"],
+        completed_documents=row["completed_documents"],
+        failed_documents=row["failed_documents"],
+        progress_percentage=row["progress_percentage"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        status_url=status_url(base_url, number),
+    )
+
+
+def _encode_cursor(created_at: datetime, job_id: UUID) -> str:
+    raw = msgspec.json.encode([created_at.isoformat(), str(job_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = msgspec.json.decode(raw, type=tuple[datetime, UUID])
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise InvalidRequest("cursor: not a cursor this API gave out") from exc
+    return created, job_id
+
+
+class JobService:
+    """Reads and changes jobs on behalf of a caller; a user sees only their own jobs."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        queue: Queue,
+        on_job_final: states.JobFinalHook | None = None,
+    ) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._on_job_final = on_job_final
+
+    async def _owned_row(self, caller: ApiKey, job_id: UUID) -> asyncpg.Record:
+        row = await self._pool.fetchrow(_JOBS["job_view"], job_id)
+        # Another user's job is "not found", so that ids reveal nothing.
+        if row is None or (not caller.is_admin and row["api_key_id"] != caller.id):
+            raise NotFound(f"no job {job_id}")
+        return row
+
+    async def get(self, caller: ApiKey, job_id: UUID, base_url: str) -> JobView:
+        """One job of the caller."""
+        return job_view(await self._owned_row(caller, job_id), base_url)
+
+    async def owner_of(self, caller: ApiKey, job_id: UUID) -> int:
+        """The key that owns a job the caller may see."""
+        owner: int = (await self._owned_row(caller, job_id))["api_key_id"]
+        return owner
+
+    async def list(
+        self,
+        caller: ApiKey,
+        base_url: str,
+        *,
+        status: str | None = None,
+        process: cnj.ProcessNumber | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> JobList:
+        """A page of the caller's jobs (an admin's: everyone's), newest first."""
+        after: tuple[datetime | None, UUID | None] = (None, None)
+        if cursor:
+            after = _decode_cursor(cursor)
+        rows = await self._pool.fetch(
+            _JOBS["list_jobs"],
+            None if caller.is_admin else caller.id,
+            status,
+            process.digits if process else None,
+            after[0],
+            after[1],
+            limit + 1,
+        )
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            last = page[-1]
+            next_cursor = _encode_cursor(last["created_at"], last["id"])
+        return JobList(jobs=[job_view(r, base_url) for r in page], next_cursor=next_cursor)
+
+    async def cancel(self, caller: ApiKey, job_id: UUID, base_url: str) -> JobView:
+        """Cancel an active job; documents no other job waits on leave the queue."""
+        await self._owned_row(caller, job_id)
+        async with transaction(self._pool) as conn:
+            await conn.fetch(_JOBS["lock_documents_of_job"], job_id)
+            locked = await conn.fetchrow(_JOBS["lock_job"], job_id)
+            assert locked is not None
+            if locked["status"] in states.JOB_FINAL:
+                raise Conflict(f"job {job_id} is already {locked['status']}")
+            orphans = await conn.fetch(_JOBS["orphaned_documents_of_job"], job_id)
+            await states.cancel_job(conn, job_id, "cancelled by the client", self._on_job_final)
+            refs = [str(r["id"]) for r in orphans]
+            if refs:
+                await self._queue.cancel(conn, DOWNLOAD_KIND, refs)
+                for ref in refs:
+                    await states.document_released(conn, int(ref))
+        log.info("job_cancelled", job_id=str(job_id))
+        return await self.get(caller, job_id, base_url)
+
+    async def retry(self, caller: ApiKey, job_id: UUID, base_url: str) -> JobView:
+        """Queue the failed documents of a job again (a new job if the old one is final)."""
+        row = await self._owned_row(caller, job_id)
+        async with transaction(self._pool) as conn:
+            failed = [r["id"] for r in await conn.fetch(_JOBS["failed_documents_of_job"], job_id)]
+            if not failed:
+                raise Conflict(f"job {job_id} has no failed documents to retry")
+            target = job_id
+            if row["status"] in states.JOB_FINAL:
+                new_id = await conn.fetchval(
+                    _JOBS["insert_job"],
+                    row["process_id"],
+                    row["api_key_id"],
+                    row["webhook_url"],
+                    {"retry_of": str(job_id)},
+                )
+                if new_id is None:
+                    active = await conn.fetchrow(
+                        _JOBS["active_job_for_update"], row["process_id"], row["api_key_id"]
+                    )
+                    assert active is not None
+                    new_id = active["id"]
+                target = new_id
+                await conn.execute(_JOBS["add_job_documents"], target, failed)
+            for doc_id in failed:
+                await states.transition_document(conn, doc_id, "pending", only_from=["failed"])
+            await self._queue.enqueue_many(conn, DOWNLOAD_KIND, [str(d) for d in failed])
+            await conn.fetch(_JOBS["lock_job"], target)
+            await states.refresh_jobs(conn, [target], self._on_job_final)
+        log.info("job_retried", job_id=str(job_id), new_job_id=str(target), documents=len(failed))
+        return await self.get(caller, target, base_url)
+
+    async def process_status(
+        self, caller: ApiKey, number: cnj.ProcessNumber, base_url: str, sign: UrlSigner
+    ) -> StatusView:
+        """Every document of a process with its state, and the caller's latest job for it."""
+        process = await self._pool.fetchrow(_PROC["get_process"], number.digits)
+        if process is None:
+            raise NotFound(f"process {number.masked} has not been requested yet")
+        docs = await self._pool.fetch(_PROC["documents_of_process"], process["id"])
+        latest = await self._pool.fetchval(
+            _JOBS["latest_job_for_process"], process["id"], None if caller.is_admin else caller.id
+        )
+        job = await self.get(caller, latest, base_url) if latest is not None else None
+        views = [_document_view(d, sign) for d in docs]
+        total = len(views)
+        completed = sum(1 for d in views if d.status == "available")
+        failed = sum(1 for d in views if d.status == "failed")
+        return StatusView(
+            process_number=number.masked,
+            status=_overall(views, completed, failed),
+            total_documents=total,
+            completed_documents=completed,
+            failed_documents=failed,
+            progress_percentage=round(100.0 * (completed + failed) / total, 2) if total else 100.0,
+            documents=views,
+            job=job,
+        )
+
+
+def _overall(
+    views: list[DocumentView], completed: int, failed: int
+) -> Literal["pending", "processing", "completed", "failed"]:
+    # The same rule as a job's: all available → completed; all final, some failed → failed.
+    if completed + failed == len(views):
+        return "failed" if failed else "completed"
+    if any(d.status == "processing" for d in views) or completed + failed > 0:
+        return "processing"
+    return "pending"
+
+
+def _document_view(row: asyncpg.Record, sign: UrlSigner) -> DocumentView:
+    available = row["status"] == "available" and row["storage_key"] is not None
+    return DocumentView(
+        id=row["id"],
+        uuid=row["uuid"],
+        name=row["name"],
+        type=row["type_name"],
+        mime_type=row["stored_mime_type"] or row["mime_type"],
+        sequence=row["sequence"],
+        status=row["status"],
+        size=row["size"],
+        declared_size=row["declared_size"],
+        sha256=row["sha256"],
+        download_url=sign(row["storage_key"], row["name"]) if available else None,
+        error_message=row["error_message"],
+        download_completed_at=row["download_completed_at"],
+    )

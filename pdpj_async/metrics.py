@@ -1,0 +1,215 @@
+"""Prometheus metrics at /metrics: live counters read from the components at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from . import state
+from .middleware import Handler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class Metrics:
+    """The registry of one app: histograms observed as things happen, the rest read on scrape."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_seconds = Histogram(
+            "pdpj_async_http_request_duration_seconds",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            buckets=_HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        self.download_seconds = Histogram(
+            "pdpj_async_download_duration_seconds",
+            "Time from PDPJ request to stored object, by outcome.",
+            ["outcome"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.webhook_latency = Histogram(
+            "pdpj_async_webhook_attempt_duration_seconds",
+            "Duration of webhook delivery attempts.",
+            buckets=_HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        self._live = _Live()
+        self.registry.register(self._live)
+
+    async def render(self, app: web.Application) -> bytes:
+        """Gather the live values (some need the database), then the exposition text."""
+        self._live.families = await _live_families(app)
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+class _Live(Collector):
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def _counter(
+    name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]
+) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
+
+
+def _gauge(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...], float]) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=labels)
+    for label_values, value in sorted(values.items()):
+        family.add_metric(list(label_values), value)
+    return family
+
+
+async def _live_families(app: web.Application) -> list[Metric]:
+    families: list[Metric] = []
+    if state.QUEUE in app:
+        try:
+            depth = await app[state.QUEUE].depth()
+        except Exception:  # the scrape still answers when the database does not
+            depth = {}
+        families.append(
+            _gauge(
+                "pdpj_async_queue_depth",
+                "Rows waiting or running in the work queue, by kind.",
+                ["kind"],
+                {(k,): float(v) for k, v in depth.items()},
+            )
+        )
+    if state.WORKERS in app:
+        families.extend(_worker_families(app[state.WORKERS]))
+    if state.DOWNLOADER in app:
+        downloader = app[state.DOWNLOADER]
+        families.append(
+            _counter(
+                "pdpj_async_downloads",
+                "Download attempts by outcome.",
+                ["outcome"],
+                {(k,): float(v) for k, v in downloader.outcomes.items()},
+            )
+        )
+        families.append(
+            _counter("pdpj_async_stored_bytes", "Bytes stored.", [], {(): downloader.bytes_stored})
+        )
+    if state.UPSTREAM in app:
+        by_class: dict[tuple[str, ...], float] = {}
+        for status, count in app[state.UPSTREAM].responses.items():
+            label = "error" if status == "error" else f"{status[0]}xx"
+            by_class[(label,)] = by_class.get((label,), 0.0) + count
+        families.append(
+            _counter(
+                "pdpj_async_upstream_responses",
+                "PDPJ responses by status class (error: no response).",
+                ["status_class"],
+                by_class,
+            )
+        )
+    if state.TOKENS in app:
+        families.extend(_token_families(app))
+    if state.SENDER in app:
+        sender = app[state.SENDER]
+        families.append(
+            _counter(
+                "pdpj_async_webhook_attempts",
+                "Webhook delivery attempts by outcome.",
+                ["outcome"],
+                {
+                    ("delivered",): float(sender.delivered),
+                    ("not_delivered",): float(sender.attempted - sender.delivered),
+                },
+            )
+        )
+    return families
+
+
+def _worker_families(workers: Any) -> list[Metric]:
+    stats = workers.stats
+    names = ("claims", "completions", "retries", "final_failures", "rescues", "releases")
+    return [
+        _counter(
+            "pdpj_async_queue_events",
+            "Queue events: claims, completions, retries, final failures, rescues, releases.",
+            ["event"],
+            {(name,): float(getattr(stats, name)) for name in names},
+        ),
+        _gauge("pdpj_async_running_downloads", "Handlers running now.", [], {(): workers.running}),
+    ]
+
+
+def _token_families(app: web.Application) -> list[Metric]:
+    tokens = app[state.TOKENS]
+    states: dict[tuple[str, ...], float] = {
+        (s,): float(tokens.state == s) for s in ("valid", "expired", "missing")
+    }
+    families = [
+        _gauge("pdpj_async_token_state", "PDPJ token state (1 = current).", ["state"], states)
+    ]
+    expires = tokens.expires_at
+    if expires is not None:
+        seconds = (expires - datetime.now(UTC)).total_seconds()
+        families.append(
+            _gauge(
+                "pdpj_async_token_expiry_seconds",
+                "Seconds until the PDPJ token expires (negative: expired).",
+                [],
+                {(): seconds},
+            )
+        )
+    return families
+
+
+@web.middleware
+async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time requests by route template (never by raw path: bounded labels)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[METRICS].http_seconds.labels(route, request.method, str(status)).observe(
+            time.perf_counter() - started
+        )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """The Prometheus exposition."""
+    body = await request.app[METRICS].render(request.app)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def setup(app: web.Application) -> None:
+    """Create the registry, count requests, serve /metrics."""
+    app[METRICS] = Metrics()
+    app.middlewares.insert(0, http_metrics_middleware)
+    app.router.add_get("/metrics", metrics_handler)

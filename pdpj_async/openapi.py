@@ -1,0 +1,146 @@
+"""The OpenAPI 3.1 document, built from the route table and the msgspec types the handlers use."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import msgspec
+from aiohttp import web
+
+from . import __version__
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REF = "#/components/schemas/{name}"
+
+
+class Param(msgspec.Struct, frozen=True):
+    """A path or query parameter."""
+
+    name: str
+    where: Literal["path", "query"]
+    description: str
+    type: Literal["string", "boolean", "integer"] = "string"
+
+
+class Operation(msgspec.Struct, frozen=True):
+    """What the document says of one route."""
+
+    summary: str
+    description: str
+    params: list[Param] = []
+    body: Any = None
+    responses: dict[int, Any] = {}
+    public: bool = False
+
+
+class Route(msgspec.Struct, frozen=True):
+    """A route of the API and its documentation."""
+
+    method: str
+    path: str
+    handler: Handler
+    operation: Operation
+
+
+_ERRORS = {
+    400: "The request is invalid (the detail says what was wrong).",
+    401: "Missing, unknown or revoked API key.",
+    403: "The key's role does not allow this.",
+    404: "Not found (or not yours).",
+    429: "Rate limited; see Retry-After.",
+    503: "A dependency (PDPJ, its token, the database) is unavailable; see Retry-After.",
+}
+
+
+def build(routes: list[Route]) -> dict[str, Any]:
+    """The OpenAPI document of `routes`."""
+    from .problems import Problem
+
+    types: list[Any] = [Problem]
+    for route in routes:
+        op = route.operation
+        types.extend(t for t in op.responses.values() if t is not None)
+        if op.body is not None:
+            types.append(op.body)
+    schemas, components = msgspec.json.schema_components(types, ref_template=REF)
+    by_type = dict(zip(types, schemas, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, by_type)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pdpj-async",
+            "version": __version__,
+            "description": "PDPJ-Br lawsuit documents into object storage, asynchronously.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
+    }
+
+
+def _operation(route: Route, by_type: dict[Any, Any]) -> dict[str, Any]:
+    op = route.operation
+    problem = {"application/problem+json": {"schema": by_type[_problem()]}}
+    responses: dict[str, Any] = {}
+    for status, type_ in op.responses.items():
+        if type_ is None:
+            responses[str(status)] = {"description": "Redirect" if status == 302 else "OK"}
+        elif type_ is _problem():
+            responses[str(status)] = {"description": "Conflict", "content": problem}
+        else:
+            content = {"application/json": {"schema": by_type[type_]}}
+            responses[str(status)] = {"description": "OK", "content": content}
+    for status, text in _ERRORS.items():
+        if op.public and status in {401, 403}:
+            continue
+        responses.setdefault(str(status), {"description": text, "content": problem})
+    doc: dict[str, Any] = {
+        "summary": op.summary,
+        "description": op.description,
+        "operationId": route.handler.__name__,
+        "parameters": [
+            {
+                "name": p.name,
+                "in": p.where,
+                "required": p.where == "path",
+                "description": p.description,
+                "schema": {"type": p.type},
+            }
+            for p in op.params
+        ],
+        "responses": responses,
+    }
+    if op.body is not None:
+        doc["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": by_type[op.body]}},
+        }
+    if op.public:
+        doc["security"] = []
+    return doc
+
+
+def _problem() -> Any:
+    from .problems import Problem
+
+    return Problem
+
+
+def setup_routes(app: web.Application, routes: list[Route]) -> None:
+    """Serve the document at /api/v1/openapi.json (built once)."""
+    body = msgspec.json.encode(build(routes))
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app.router.add_get("/api/v1/openapi.json", openapi)

@@ -1,0 +1,186 @@
+"""The download handler: one PDPJ document streamed into storage, verified, then made available."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from . import queries, states, storage
+from .config import Config
+from .db import Connection, transaction
+from .errors import (
+    ContentMismatch,
+    PermanentFailure,
+    Release,
+    RetryLater,
+    StorageError,
+    UpstreamAuthExpired,
+    UpstreamNotFound,
+    UpstreamPermanent,
+    UpstreamTransient,
+)
+from .logs import get_logger
+from .processes import DOWNLOAD_KIND
+
+if TYPE_CHECKING:
+    from .queue import Queue, Task
+    from .storage import Storage, StoredObject
+    from .tokens import TokenProvider
+    from .upstream import PdpjClient
+    from .workers import Gate
+
+log = get_logger(__name__)
+
+_DOCS = queries.load("documents")
+
+GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+
+class Downloader:
+    """Handles `download` queue rows: PDPJ → storage, exactly the status machine's way."""
+
+    kind = DOWNLOAD_KIND
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        queue: Queue,
+        upstream: PdpjClient,
+        store: Storage,
+        tokens: TokenProvider,
+        gate: Gate,
+        config: Config,
+        on_job_final: states.JobFinalHook | None = None,
+    ) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._upstream = upstream
+        self._storage = store
+        self._tokens = tokens
+        self._gate = gate
+        self._prefix = config.storage.prefix
+        self._on_job_final = on_job_final
+        self._gate_changed = asyncio.Event()
+        # Counters for /metrics.
+        self.outcomes: dict[str, int] = {}
+        self.bytes_stored = 0
+        self.on_duration: Callable[[str, float], None] | None = None
+
+    async def handle(self, task: Task) -> None:
+        """Download one document; raises RetryLater, PermanentFailure or Release as the case is."""
+        document_id = int(task.ref)
+        doc = await self._pool.fetchrow(_DOCS["get_document"], document_id)
+        if doc is None or doc["status"] == "available":
+            # Never downloaded twice: the row is simply completed.
+            self._count("skipped")
+            return
+        async with transaction(self._pool) as conn:
+            if not await states.document_started(conn, document_id):
+                self._count("skipped")
+                return
+        key = storage.object_key(self._prefix, doc["process_number"], doc["uuid"], doc["name"])
+        log_ = log.bind(document_id=document_id, uuid=doc["uuid"], process=doc["process_number"])
+        started = time.perf_counter()
+        try:
+            stored, mime = await self._transfer(doc, key)
+        except asyncio.CancelledError:
+            # Shutdown, a cancelled job or a lost lease: the document goes back to waiting.
+            await asyncio.shield(self._release_document(document_id))
+            raise
+        except UpstreamAuthExpired as exc:
+            # Not the document's fault: it waits, and upstream work pauses until a new token.
+            self._count("token_expired", started)
+            self._pause_for_token()
+            await self._give_back(task)
+            raise Release(str(exc)) from exc
+        except (UpstreamTransient, StorageError) as exc:
+            self._count("retry", started)
+            log_.info("download_retry", error=str(exc), attempt=task.attempts)
+            raise RetryLater(str(exc), delay=getattr(exc, "retry_after", None)) from exc
+        except (UpstreamPermanent, UpstreamNotFound, ContentMismatch) as exc:
+            self._count("failed", started)
+            log_.info("download_refused", error=str(exc))
+            raise PermanentFailure(str(exc)) from exc
+        async with transaction(self._pool) as conn:
+            # Document (and its jobs) first, queue row last: the lock order of every transaction.
+            # Re-assert processing: a release during the transfer may have set it back to pending.
+            await states.transition_document(conn, document_id, "processing")
+            await states.document_finished(
+                conn,
+                document_id,
+                self._on_job_final,
+                size=stored.size,
+                sha256=stored.sha256,
+                storage_key=key,
+                mime_type=mime,
+            )
+            # Guarded by the lease: a worker that lost it raises LeaseLost and all is rolled back.
+            await self._queue.complete(task, conn=conn)
+        self._count("available", started)
+        self.bytes_stored += stored.size
+        log_.info("document_available", bytes=stored.size, sha256=stored.sha256)
+
+    async def _transfer(self, doc: asyncpg.Record, key: str) -> tuple[StoredObject, str]:
+        """Stream the body into a writer; verify sizes; the writer aborts on any error."""
+        declared_mime = doc["mime_type"]
+        async with self._upstream.stream_document(doc["href"], declared_mime) as stream:
+            mime = stream.content_type
+            if mime in GENERIC_TYPES or (declared_mime and mime != declared_mime):
+                mime = declared_mime or mime or "application/octet-stream"
+            writer = await self._storage.open_writer(
+                key,
+                content_type=mime,
+                filename=doc["name"],
+                metadata={"pdpj-uuid": doc["uuid"], "process-number": doc["process_number"]},
+                expected_size=stream.content_length or doc["declared_size"],
+            )
+            async with writer:
+                async for chunk in stream.chunks():
+                    await writer.write(chunk)
+                declared = doc["declared_size"]
+                if declared is not None and writer.size != declared:
+                    raise ContentMismatch(
+                        f"PDPJ declared {declared} bytes but sent {writer.size} (size mismatch)"
+                    )
+                stored = await writer.commit()
+        return stored, mime
+
+    async def on_final_failure(self, conn: Connection, task: Task, error: str) -> None:
+        """The row's last attempt failed: the document fails, its jobs advance (same tx)."""
+        await states.document_finished(conn, int(task.ref), self._on_job_final, error=error)
+
+    async def _give_back(self, task: Task) -> None:
+        await self._release_document(int(task.ref))
+
+    async def _release_document(self, document_id: int) -> None:
+        try:
+            async with transaction(self._pool) as conn:
+                await states.document_released(conn, document_id)
+        except (OSError, asyncpg.PostgresError) as exc:
+            # Still processing in the table; the next claim of its row re-asserts it anyway.
+            log.warning("document_release_failed", document_id=document_id, error=str(exc))
+
+    def _pause_for_token(self) -> None:
+        if self._gate.is_open():
+            log.warning("upstream_paused_token_expired")
+            self._gate.close()
+            self._gate_changed.set()
+
+    async def watch_token(self) -> None:
+        """Reopen upstream work once a new token arrives; runs for the daemon's life."""
+        while True:
+            await self._gate_changed.wait()
+            self._gate_changed.clear()
+            while not self._gate.is_open():
+                if await self._tokens.wait_for_valid(timeout=None):
+                    log.info("upstream_resumed_new_token")
+                    self._gate.open()
+
+    def _count(self, outcome: str, started: float | None = None) -> None:
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        if started is not None and self.on_duration is not None:
+            self.on_duration(outcome, time.perf_counter() - started)

@@ -1,0 +1,136 @@
+-- name: insert_job
+-- The partial unique index makes this a no-op when the caller already has an active job.
+INSERT INTO pdpj.jobs (process_id, api_key_id, webhook_url, metadata)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (process_id, api_key_id) WHERE status IN ('pending', 'processing') DO NOTHING
+RETURNING id;
+
+-- name: active_job_for_update
+SELECT id, webhook_url
+FROM pdpj.jobs
+WHERE process_id = $1 AND api_key_id = $2 AND status IN ('pending', 'processing')
+FOR UPDATE;
+
+-- name: set_job_webhook
+UPDATE pdpj.jobs SET webhook_url = $2, updated_at = now() WHERE id = $1;
+
+-- name: add_job_documents
+INSERT INTO pdpj.job_documents (job_id, document_id)
+SELECT $1, unnest($2::bigint[])
+ON CONFLICT DO NOTHING;
+
+-- name: lock_active_jobs_of_document
+-- In id order, so that concurrent finishers never deadlock.
+SELECT j.id
+FROM pdpj.jobs j
+JOIN pdpj.job_documents jd ON jd.job_id = j.id
+WHERE jd.document_id = $1 AND j.status IN ('pending', 'processing')
+ORDER BY j.id
+FOR UPDATE OF j;
+
+-- name: lock_documents_of_job
+-- Documents before jobs: the lock order of every transaction that touches both.
+SELECT d.id
+FROM pdpj.job_documents jd
+JOIN pdpj.documents d ON d.id = jd.document_id
+WHERE jd.job_id = $1
+ORDER BY d.id
+FOR NO KEY UPDATE OF d;
+
+-- name: lock_job
+SELECT id, status, api_key_id, webhook_url, process_id
+FROM pdpj.jobs
+WHERE id = $1
+FOR UPDATE;
+
+-- name: refresh_jobs
+-- Counters derived from the documents (a fresh snapshot: the jobs are locked already);
+-- a job whose documents are all final becomes completed (none failed) or failed.
+WITH counts AS (
+    SELECT jd.job_id,
+           count(*) AS total,
+           count(*) FILTER (WHERE d.status = 'available') AS completed,
+           count(*) FILTER (WHERE d.status = 'failed') AS failed,
+           count(*) FILTER (WHERE d.status = 'processing') AS processing
+    FROM pdpj.job_documents jd
+    JOIN pdpj.documents d ON d.id = jd.document_id
+    WHERE jd.job_id = ANY($1::uuid[])
+    GROUP BY jd.job_id
+), next AS (
+    SELECT c.*,
+           CASE WHEN c.completed + c.failed = c.total
+                THEN CASE WHEN c.failed = 0 THEN 'completed' ELSE 'failed' END
+                WHEN c.completed + c.failed + c.processing > 0 THEN 'processing'
+                ELSE 'pending' END AS status
+    FROM counts c
+)
+UPDATE pdpj.jobs j
+SET total_documents = n.total,
+    completed_documents = n.completed,
+    failed_documents = n.failed,
+    progress_percentage = round(100.0 * (n.completed + n.failed) / greatest(n.total, 1), 2),
+    status = n.status,
+    started_at = CASE WHEN n.status <> 'pending' THEN coalesce(j.started_at, now()) END,
+    completed_at = CASE WHEN n.status IN ('completed', 'failed') THEN now() END,
+    updated_at = now()
+FROM next n
+WHERE j.id = n.job_id AND j.status IN ('pending', 'processing')
+RETURNING j.id, j.status, j.api_key_id, j.webhook_url, j.process_id;
+
+-- name: cancel_job
+UPDATE pdpj.jobs
+SET status = 'cancelled', completed_at = now(), updated_at = now(), error = $2
+WHERE id = $1 AND status IN ('pending', 'processing')
+RETURNING id, status, api_key_id, webhook_url, process_id;
+
+-- name: orphaned_documents_of_job
+-- Documents of a job that no other active job waits on and that are not yet final.
+SELECT d.id
+FROM pdpj.job_documents jd
+JOIN pdpj.documents d ON d.id = jd.document_id
+WHERE jd.job_id = $1 AND d.status IN ('pending', 'processing')
+  AND NOT EXISTS (
+      SELECT 1 FROM pdpj.job_documents o
+      JOIN pdpj.jobs oj ON oj.id = o.job_id
+      WHERE o.document_id = d.id AND o.job_id <> $1 AND oj.status IN ('pending', 'processing'));
+
+-- name: failed_documents_of_job
+SELECT d.id
+FROM pdpj.job_documents jd
+JOIN pdpj.documents d ON d.id = jd.document_id
+WHERE jd.job_id = $1 AND d.status = 'failed'
+ORDER BY d.id;
+
+-- name: job_view
+SELECT j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents, j.completed_documents,
+       j.failed_documents, j.progress_percentage, j.error, j.created_at, j.started_at,
+       j.completed_at, j.updated_at, p.number AS process_number, j.process_id,
+       EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
+               WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
+FROM pdpj.jobs j
+JOIN pdpj.processes p ON p.id = j.process_id
+WHERE j.id = $1;
+
+-- name: latest_job_for_process
+-- The caller's latest job for the process ($2 NULL: anyone's, for admins).
+SELECT j.id
+FROM pdpj.jobs j
+WHERE j.process_id = $1 AND ($2::bigint IS NULL OR j.api_key_id = $2)
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT 1;
+
+-- name: list_jobs
+-- Keyset pagination on (created_at, id), newest first.
+SELECT j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents, j.completed_documents,
+       j.failed_documents, j.progress_percentage, j.error, j.created_at, j.started_at,
+       j.completed_at, j.updated_at, p.number AS process_number, j.process_id,
+       EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
+               WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
+FROM pdpj.jobs j
+JOIN pdpj.processes p ON p.id = j.process_id
+WHERE ($1::bigint IS NULL OR j.api_key_id = $1)
+  AND ($2::text IS NULL OR j.status = $2)
+  AND ($3::text IS NULL OR p.number = $3)
+  AND ($4::timestamptz IS NULL OR (j.created_at, j.id) < ($4, $5::uuid))
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $6;

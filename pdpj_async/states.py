@@ -1,0 +1,143 @@
+"""The status machines of documents and jobs: every transition is one guarded SQL update."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from . import queries
+from .db import Connection
+from .errors import InvalidTransition
+from .logs import get_logger
+
+log = get_logger(__name__)
+
+DocumentStatus = Literal["pending", "processing", "available", "failed"]
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+# For each target status, the statuses a document may leave to reach it.
+DOCUMENT_TRANSITIONS: dict[DocumentStatus, frozenset[DocumentStatus]] = {
+    # processing → processing: a row rescued after its worker's lease expired.
+    "processing": frozenset({"pending", "failed", "processing"}),
+    "available": frozenset({"processing"}),
+    "failed": frozenset({"pending", "processing"}),
+    # Released (shutdown, expired PDPJ token, lost lease) or queued again (retry, new job).
+    "pending": frozenset({"processing", "failed"}),
+}
+JOB_ACTIVE: frozenset[JobStatus] = frozenset({"pending", "processing"})
+JOB_FINAL: frozenset[JobStatus] = frozenset({"completed", "failed", "cancelled"})
+
+_DOCS = queries.load("documents")
+_JOBS = queries.load("jobs")
+
+# Called inside the transaction that made a job final: (conn, job row) — the outbox insert.
+JobFinalHook = Callable[[Connection, asyncpg.Record], Awaitable[None]]
+
+
+async def transition_document(
+    conn: Connection,
+    document_id: int,
+    to: DocumentStatus,
+    *,
+    only_from: Sequence[DocumentStatus] | None = None,
+    error: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+    storage_key: str | None = None,
+    mime_type: str | None = None,
+) -> bool:
+    """Move a document to `to` if its status allows; False when the guard refused it."""
+    allowed = DOCUMENT_TRANSITIONS[to]
+    if only_from is not None:
+        if not set(only_from) <= allowed:
+            raise InvalidTransition(f"document: {sorted(only_from)} → {to} is not allowed")
+        allowed = frozenset(only_from)
+    row = await conn.fetchrow(
+        _DOCS["transition"],
+        document_id,
+        sorted(allowed),
+        to,
+        error,
+        size,
+        sha256,
+        storage_key,
+        mime_type,
+    )
+    return row is not None
+
+
+async def refresh_jobs(
+    conn: Connection, job_ids: Sequence[UUID], on_final: JobFinalHook | None
+) -> list[asyncpg.Record]:
+    """Recount the (locked) active jobs; those that became final go through `on_final`."""
+    if not job_ids:
+        return []
+    rows = await conn.fetch(_JOBS["refresh_jobs"], list(job_ids))
+    for row in rows:
+        if row["status"] in JOB_FINAL:
+            log.info("job_final", job_id=str(row["id"]), status=row["status"])
+            if on_final is not None:
+                await on_final(conn, row)
+    return rows
+
+
+async def refresh_jobs_of_document(
+    conn: Connection, document_id: int, on_final: JobFinalHook | None
+) -> list[asyncpg.Record]:
+    """Lock (in id order) and recount every active job that waits on the document."""
+    locked = await conn.fetch(_JOBS["lock_active_jobs_of_document"], document_id)
+    return await refresh_jobs(conn, [r["id"] for r in locked], on_final)
+
+
+async def document_started(conn: Connection, document_id: int) -> bool:
+    """A worker begins the download; its jobs become processing. False if refused."""
+    if not await transition_document(conn, document_id, "processing"):
+        return False
+    await refresh_jobs_of_document(conn, document_id, None)
+    return True
+
+
+async def document_finished(
+    conn: Connection,
+    document_id: int,
+    on_final: JobFinalHook | None,
+    *,
+    error: str | None = None,
+    size: int | None = None,
+    sha256: str | None = None,
+    storage_key: str | None = None,
+    mime_type: str | None = None,
+) -> bool:
+    """Mark the document available (no error) or failed, and advance every job waiting on it."""
+    to: DocumentStatus = "failed" if error is not None else "available"
+    changed = await transition_document(
+        conn,
+        document_id,
+        to,
+        error=error,
+        size=size,
+        sha256=sha256,
+        storage_key=storage_key,
+        mime_type=mime_type,
+    )
+    if changed:
+        await refresh_jobs_of_document(conn, document_id, on_final)
+    return changed
+
+
+async def document_released(conn: Connection, document_id: int) -> bool:
+    """Give a document back to the queue (shutdown, expired token): processing → pending."""
+    return await transition_document(conn, document_id, "pending", only_from=["processing"])
+
+
+async def cancel_job(
+    conn: Connection, job_id: UUID, reason: str, on_final: JobFinalHook | None
+) -> asyncpg.Record | None:
+    """Cancel an active job; None when it was already final."""
+    row = await conn.fetchrow(_JOBS["cancel_job"], job_id, reason)
+    if row is not None and on_final is not None:
+        await on_final(conn, row)
+    return row

@@ -1,0 +1,383 @@
+"""Filesystem backend (the embedded default): atomic writes and HMAC-signed download URLs.
+
+An object is written to a hidden temp file in its target directory, fsynced, and renamed
+into place (then the directory is fsynced), so the final key never holds a partial object.
+Content type, original name and metadata live in a sidecar under `{root}/.meta/`, written
+before the object is renamed. Keys whose segments start with a dot are refused, which keeps
+temp files and sidecars unreachable. The daemon serves downloads itself with sendfile on
+`/files/{key}?expires=&sig=` (see `setup_routes`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import IO, Self
+from urllib.parse import quote
+
+import msgspec
+from aiohttp import web
+
+from . import problems, state
+from .config import StorageConfig
+from .errors import StorageError
+from .logs import get_logger
+from .storage import StoredObject, WriterBase, content_disposition
+
+log = get_logger(__name__)
+
+SIGNING_KEY_FILE = "storage-signing.key"
+META_DIR = ".meta"
+TMP_SUFFIX = ".tmp"
+ROUTE_PREFIX = "/files/"
+# Bytes gathered before one write in a worker thread: few thread hops, bounded memory.
+WRITE_BATCH = 1024 * 1024
+
+
+class FsMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """The sidecar of an object."""
+
+    content_type: str
+    filename: str
+    size: int
+    sha256: str
+    metadata: dict[str, str] = {}
+
+
+_encode_meta = msgspec.json.Encoder().encode
+_decode_meta = msgspec.json.Decoder(FsMeta).decode
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{secrets.token_hex(8)}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_signing_key(config: StorageConfig, data_dir: Path) -> bytes:
+    """The configured key, or one generated once under data_dir (mode 0600) and reused."""
+    if config.signing_key:
+        return config.signing_key.encode()
+    path = data_dir / SIGNING_KEY_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip().encode()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+        f.flush()
+        os.fsync(f.fileno())
+    return path.read_text().strip().encode()
+
+
+class FilesystemWriter(WriterBase):
+    """A temp file beside the final path; commit renames it into place."""
+
+    def __init__(self, storage: FilesystemStorage, key: str, final: Path, meta: FsMeta) -> None:
+        self._storage = storage
+        self.key = key
+        self._final = final
+        self._meta = meta
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._batch: list[bytes] = []
+        self._batch_size = 0
+        self._tmp: Path | None = None
+        self._file: IO[bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    async def start(self) -> None:
+        """Create the temp file; raises StorageError."""
+        try:
+            await asyncio.to_thread(self._open)
+        except OSError as exc:
+            raise StorageError(f"cannot create a file for {self.key}: {exc.strerror}") from exc
+
+    def _open(self) -> None:
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self._final.with_name(f".{secrets.token_hex(8)}{TMP_SUFFIX}")
+        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+
+    async def write(self, chunk: bytes) -> None:
+        """Add bytes; written out in batches off the event loop. Raises StorageError."""
+        if self._done:
+            raise StorageError("write after commit or abort")
+        self._hash.update(chunk)
+        self._size += len(chunk)
+        self._batch.append(chunk)
+        self._batch_size += len(chunk)
+        if self._batch_size >= WRITE_BATCH:
+            try:
+                await self._flush_batch()
+            except BaseException:
+                await self.abort()
+                raise
+
+    async def _flush_batch(self) -> None:
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batch_size = 0
+        assert self._file is not None
+        try:
+            await asyncio.to_thread(self._file.write, data)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.key}: {exc.strerror}") from exc
+
+    async def commit(self) -> StoredObject:
+        """fsync, write the sidecar, rename into place, fsync the directory; aborts on failure."""
+        if self._done:
+            raise StorageError("commit after commit or abort")
+        sha256 = self._hash.hexdigest()
+        meta = msgspec.structs.replace(self._meta, size=self._size, sha256=sha256)
+        try:
+            if self._batch:
+                await self._flush_batch()
+            await asyncio.to_thread(self._finish, meta)
+        except OSError as exc:
+            await self.abort()
+            raise StorageError(f"cannot store {self.key}: {exc.strerror}") from exc
+        except BaseException:
+            await self.abort()
+            raise
+        self._done = True
+        return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=None)
+
+    def _finish(self, meta: FsMeta) -> None:
+        assert self._file is not None and self._tmp is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        _write_atomically(self._storage.meta_path(self.key), _encode_meta(meta))
+        os.replace(self._tmp, self._final)
+        self._tmp = None
+        _fsync_dir(self._final.parent)
+
+    async def _abort(self) -> None:
+        self._batch.clear()
+        await asyncio.to_thread(self._discard)
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+class FilesystemStorage:
+    """Objects as files under one root directory."""
+
+    backend = "filesystem"
+
+    def __init__(self, config: StorageConfig, root: Path, key: bytes, public_url: str) -> None:
+        self._config = config
+        self.root = root
+        self._signing_key = key
+        self._base = public_url.rstrip("/") + ROUTE_PREFIX
+
+    @classmethod
+    async def open(cls, config: StorageConfig, data_dir: Path, *, public_url: str) -> Self:
+        """Create the root and load (or generate) the signing key; raises StorageError."""
+        given = config.root or str(data_dir / "objects")
+        try:
+            root = await asyncio.to_thread(lambda: Path(given).expanduser().resolve())
+            await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+            key = await asyncio.to_thread(load_signing_key, config, data_dir)
+        except OSError as exc:
+            raise StorageError(f"cannot prepare storage root: {exc.strerror}") from exc
+        return cls(config, root, key, public_url)
+
+    def path_of(self, key: str) -> Path | None:
+        """The file of `key` under the root, or None when the key could escape or is hidden."""
+        if not key or len(key) > 1024 or "\\" in key or "\x00" in key:
+            return None
+        parts = key.split("/")
+        if any(not p or p.startswith(".") for p in parts):
+            return None
+        path = self.root.joinpath(*parts)
+        return path if path.is_relative_to(self.root) else None
+
+    def meta_path(self, key: str) -> Path:
+        """Where the sidecar of `key` lives."""
+        *dirs, name = key.split("/")
+        return self.root.joinpath(META_DIR, *dirs, name + ".json")
+
+    def _checked_path(self, key: str) -> Path:
+        path = self.path_of(key)
+        if path is None:
+            raise StorageError("invalid object key")
+        return path
+
+    async def open_writer(
+        self,
+        key: str,
+        *,
+        content_type: str,
+        filename: str,
+        metadata: dict[str, str],
+        expected_size: int | None = None,
+    ) -> FilesystemWriter:
+        """A writer whose bytes appear at `key` only on commit."""
+        meta = FsMeta(
+            content_type=content_type, filename=filename, size=0, sha256="", metadata=metadata
+        )
+        writer = FilesystemWriter(self, key, self._checked_path(key), meta)
+        await writer.start()
+        return writer
+
+    def sign(self, key: str, expires: int, name: str) -> str:
+        """The URL signature of (key, expiry, download name)."""
+        message = f"{key}\n{expires}\n{name}".encode()
+        digest = hmac.new(self._signing_key, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+    def download_url(
+        self, key: str, *, filename: str | None = None, ttl_s: int | None = None
+    ) -> str:
+        """`{public_url}/files/{key}?expires=&sig=` (plus `name=` when a filename is given)."""
+        expires = int(time.time()) + (ttl_s or self._config.url_ttl_s)
+        name = filename or ""
+        sig = self.sign(key, expires, name)
+        extra = f"&name={quote(name, safe='')}" if name else ""
+        return f"{self._base}{quote(key, safe='/')}?expires={expires}{extra}&sig={sig}"
+
+    async def read_meta(self, key: str) -> FsMeta | None:
+        """The sidecar of an existing object, or None."""
+        path = self._checked_path(key)
+
+        def read() -> FsMeta | None:
+            if not path.is_file():
+                return None
+            try:
+                return _decode_meta(self.meta_path(key).read_bytes())
+            except FileNotFoundError:
+                return None
+
+        try:
+            return await asyncio.to_thread(read)
+        except (OSError, msgspec.DecodeError) as exc:
+            raise StorageError(f"cannot read metadata of {key}") from exc
+
+    async def head(self, key: str) -> StoredObject | None:
+        """The object's size and sha256, or None when it does not exist."""
+        meta = await self.read_meta(key)
+        if meta is None:
+            return None
+        return StoredObject(key=key, size=meta.size, sha256=meta.sha256, etag=None)
+
+    async def delete(self, key: str) -> None:
+        """Remove the object and its sidecar (no error when absent)."""
+        path = self._checked_path(key)
+
+        def remove() -> None:
+            path.unlink(missing_ok=True)
+            self.meta_path(key).unlink(missing_ok=True)
+
+        try:
+            await asyncio.to_thread(remove)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {key}: {exc.strerror}") from exc
+
+    async def sweep(self, older_than_s: float) -> int:
+        """Remove temp files older than `older_than_s` (left by a crash mid-write)."""
+        cutoff = time.time() - older_than_s
+
+        def walk() -> int:
+            removed = 0
+            for dirpath, _dirs, files in os.walk(self.root):
+                for name in files:
+                    if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+                        continue
+                    path = Path(dirpath, name)
+                    try:
+                        if path.stat().st_mtime <= cutoff:
+                            path.unlink()
+                            removed += 1
+                    except FileNotFoundError:
+                        continue
+            return removed
+
+        try:
+            return await asyncio.to_thread(walk)
+        except OSError as exc:
+            raise StorageError(f"cannot sweep the storage root: {exc.strerror}") from exc
+
+    async def check(self) -> str | None:
+        """None when the root is a writable directory, else a short reason."""
+        ok = await asyncio.to_thread(lambda: os.access(self.root, os.W_OK | os.X_OK))
+        return None if ok else "storage root is not writable"
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+def _forbidden(detail: str) -> web.Response:
+    return problems.problem_response(403, "invalid-download-link", "Invalid download link", detail)
+
+
+def setup_routes(app: web.Application, storage: FilesystemStorage | None = None) -> None:
+    """Mount `GET /files/{key}`: checks signature and expiry, then serves with sendfile.
+
+    Without `storage`, the handler uses `app[state.STORAGE]` (set later, at startup, by the
+    storage cleanup context); the route answers 404 when that store is not a filesystem one.
+    """
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        store = storage if storage is not None else request.app.get(state.STORAGE)
+        if not isinstance(store, FilesystemStorage):
+            raise web.HTTPNotFound(text="downloads are not served by this daemon")
+        return await _serve(store, request)
+
+    app.router.add_get(ROUTE_PREFIX + "{key:.+}", serve, name="storage_file")
+
+
+async def _serve(storage: FilesystemStorage, request: web.Request) -> web.StreamResponse:
+    key = request.match_info["key"]
+    expires = request.query.get("expires", "")
+    name = request.query.get("name", "")
+    sig = request.query.get("sig", "")
+    if not expires.isdigit() or not sig:
+        return _forbidden("the link is missing its signature")
+    if not hmac.compare_digest(storage.sign(key, int(expires), name), sig):
+        return _forbidden("the link's signature does not match")
+    if int(expires) < time.time():
+        return _forbidden("the link has expired")
+    path = storage.path_of(key)
+    meta = await storage.read_meta(key) if path is not None else None
+    if path is None or meta is None:
+        raise web.HTTPNotFound(text="no such object")
+    headers = {
+        "Content-Type": meta.content_type,
+        "Content-Disposition": content_disposition(name or meta.filename),
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, no-store",
+    }
+    return web.FileResponse(path, headers=headers)

@@ -1,0 +1,477 @@
+"""The PDPJ-Br client: process details parsed into Structs, bodies streamed, failures sorted."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from . import logs
+from .cnj import ProcessNumber
+from .config import PdpjConfig
+from .errors import (
+    ContentMismatch,
+    UpstreamAuthExpired,
+    UpstreamError,
+    UpstreamNotFound,
+    UpstreamPermanent,
+    UpstreamTransient,
+)
+from .ratelimit import TokenBucket
+from .tokens import TokenProvider
+
+log = logs.get_logger(__name__)
+
+# PDPJ writes local times without an offset; Brasília has had no daylight saving since 2019.
+BRASILIA = timezone(timedelta(hours=-3), "BRT")
+# Bytes read before a stream is handed over: enough to tell a PDF, an HTML page, or a JSON note.
+HEAD_BYTES = 1024
+# A JSON answer on /binario at most this long is the "not ready yet" note, not a document.
+NOT_READY_MAX_BYTES = 64 * 1024
+DEFAULT_CHUNK = 256 * 1024
+
+_UUID_IN_HREF = re.compile(r"/documentos/([^/?#]+)/binario")
+_HTML_START = re.compile(rb"^\s*(<!doctype\s+html|<html|<head|<body|<!--|<meta|<title)", re.I)
+
+# Response hook for metrics: (status or None for a transport error, what was called).
+ResponseHook = Callable[[int | None, str], None]
+
+
+class UpstreamDocument(msgspec.Struct, kw_only=True):
+    """One document of a process, as listed by PDPJ."""
+
+    uuid: str
+    name: str
+    type_name: str | None
+    mime_type: str | None
+    declared_size: int | None
+    sequence: int | None
+    juntada_at: datetime | None
+    sigilo: str | None
+    href: str
+    raw: dict[str, Any]
+
+
+class UpstreamProcess(msgspec.Struct, kw_only=True):
+    """A process's details: what the service stores, plus the raw payload."""
+
+    number: str
+    court: str | None
+    class_name: str | None
+    subject: str | None
+    last_movement: str | None
+    last_movement_at: datetime | None
+    instances: list[str]
+    sigilo_level: int
+    documents: list[UpstreamDocument]
+    raw: dict[str, Any]
+
+
+def parse_datetime(value: Any) -> datetime | None:
+    """A PDPJ timestamp ("2024-08-02T17:22:09.301", Brasília time) as an aware datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=BRASILIA)
+
+
+def _first(items: Any, key: str) -> Any:
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        return items[0].get(key)
+    return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def uuid_from_href(href: str) -> str | None:
+    """The document uuid inside a hrefBinario."""
+    match = _UUID_IN_HREF.search(href)
+    return match.group(1) if match else None
+
+
+def _document(entry: dict[str, Any]) -> UpstreamDocument | None:
+    href = _str(entry.get("hrefBinario"))
+    uuid = uuid_from_href(href) if href else None
+    if href is None or uuid is None:
+        return None
+    arquivo = _dict(entry.get("arquivo"))
+    tipo = _dict(entry.get("tipo"))
+    return UpstreamDocument(
+        uuid=uuid,
+        name=_str(entry.get("nome")) or uuid,
+        type_name=_str(tipo.get("nome")),
+        mime_type=_str(arquivo.get("tipo")),
+        declared_size=_int(arquivo.get("tamanho")),
+        sequence=_int(entry.get("sequencia")),
+        juntada_at=parse_datetime(entry.get("dataHoraJuntada")),
+        sigilo=_str(entry.get("nivelSigilo")),
+        href=href,
+        raw=entry,
+    )
+
+
+def _instances(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    # tramitacoes is absent for a single-instance process and may repeat the current one.
+    current = raw.get("tramitacaoAtual")
+    others = raw.get("tramitacoes")
+    found = [current] if isinstance(current, dict) else []
+    if isinstance(others, list):
+        found.extend(t for t in others if isinstance(t, dict))
+    return found
+
+
+def list_documents(raw: dict[str, Any]) -> list[UpstreamDocument]:
+    """Documents of every instance, deduplicated by uuid, preferring an entry with `arquivo`."""
+    by_uuid: dict[str, UpstreamDocument] = {}
+    for instance in _instances(raw):
+        entries = instance.get("documentos")
+        for entry in entries if isinstance(entries, list) else []:
+            doc = _document(entry) if isinstance(entry, dict) else None
+            if doc is None:
+                continue
+            kept = by_uuid.get(doc.uuid)
+            if kept is None or (kept.mime_type is None and doc.mime_type is not None):
+                by_uuid[doc.uuid] = doc
+    return sorted(by_uuid.values(), key=lambda d: (d.sequence is None, d.sequence or 0, d.uuid))
+
+
+def parse_process(raw: dict[str, Any], number: ProcessNumber | None = None) -> UpstreamProcess:
+    """Build an UpstreamProcess from one details object."""
+    instances = _instances(raw)
+    current = instances[0] if instances else {}
+    movement_source = next((t for t in instances if t.get("movimentos")), current)
+    digits = re.sub(r"\D", "", str(raw.get("numeroProcesso") or ""))
+    if len(digits) != 20:
+        digits = number.digits if number is not None else digits
+    tribunal = _dict(current.get("tribunal"))
+    grades = [t.get("grau") for t in instances]
+    names = {g["sigla"] for g in grades if isinstance(g, dict) and _str(g.get("sigla"))}
+    return UpstreamProcess(
+        number=digits,
+        court=_str(raw.get("siglaTribunal")) or _str(tribunal.get("sigla")),
+        class_name=_str(_first(current.get("classe"), "descricao")),
+        subject=_str(_first(current.get("assunto"), "descricao")),
+        last_movement=_str(_first(movement_source.get("movimentos"), "descricao")),
+        last_movement_at=parse_datetime(_first(movement_source.get("movimentos"), "dataHora")),
+        instances=sorted(names),
+        sigilo_level=_int(raw.get("nivelSigilo")) or 0,
+        documents=list_documents(raw),
+        raw=raw,
+    )
+
+
+def looks_like_html(first_bytes: bytes) -> bool:
+    """True when the bytes start like an HTML page (the PDPJ web shell, an error page)."""
+    return bool(_HTML_START.match(first_bytes.lstrip(b"\xef\xbb\xbf")[:512]))
+
+
+def check_content(declared_mime: str | None, first_bytes: bytes) -> str | None:
+    """Why the first bytes cannot be the declared document, or None when they can."""
+    if declared_mime == "text/html" or not first_bytes:
+        return None
+    if looks_like_html(first_bytes):
+        return f"PDPJ sent an HTML page where {declared_mime or 'a file'} was expected"
+    if declared_mime == "application/pdf" and not first_bytes.startswith(b"%PDF-"):
+        return "PDPJ sent bytes that do not start with %PDF- for a document declared as PDF"
+    return None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header (seconds or an HTTP date) as seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
+
+
+class DocumentStream:
+    """An open document response: status, headers, and the body as chunks, never buffered."""
+
+    def __init__(self, response: aiohttp.ClientResponse, head: bytes, eof: bool) -> None:
+        self._response = response
+        self.first_bytes = head
+        self._eof = eof
+        self.bytes_read = 0
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._response.headers
+
+    @property
+    def content_type(self) -> str:
+        return self._response.content_type
+
+    @property
+    def content_length(self) -> int | None:
+        return self._response.content_length
+
+    async def chunks(self, size: int = DEFAULT_CHUNK) -> AsyncIterator[bytes]:
+        """The body in chunks of at most `size` bytes; a cut-off body raises UpstreamTransient."""
+        if self.first_bytes:
+            self.bytes_read += len(self.first_bytes)
+            yield self.first_bytes
+        if not self._eof:
+            try:
+                async for chunk in self._response.content.iter_chunked(size):
+                    self.bytes_read += len(chunk)
+                    yield chunk
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                raise UpstreamTransient(
+                    f"PDPJ connection failed after {self.bytes_read} bytes: {type(exc).__name__}"
+                ) from exc
+        expected = self.content_length
+        encoded = self.headers.get("Content-Encoding", "identity") != "identity"
+        if expected is not None and not encoded and self.bytes_read != expected:
+            raise UpstreamTransient(
+                f"PDPJ body ended after {self.bytes_read} of {expected} bytes (truncated)"
+            )
+
+
+class PdpjClient:
+    """One per daemon: a pooled session, a concurrency cap and an optional politeness rate."""
+
+    def __init__(
+        self,
+        config: PdpjConfig,
+        tokens: TokenProvider,
+        session: aiohttp.ClientSession | None = None,
+        on_response: ResponseHook | None = None,
+    ) -> None:
+        self.config = config
+        self.tokens = tokens
+        self.base = URL(config.base_url.rstrip("/"))
+        self._session = session
+        self._own_session = session is None
+        self._slots = asyncio.Semaphore(max(1, config.max_concurrency))
+        self._bucket = (
+            TokenBucket(config.requests_per_second) if config.requests_per_second > 0 else None
+        )
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=config.connect_timeout_s, sock_read=config.read_timeout_s
+        )
+        # Responses by status code ("200", "429", ...) and "error" for transport failures.
+        self.responses: Counter[str] = Counter()
+        self.on_response = on_response
+
+    async def __aenter__(self) -> PdpjClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session if the client made it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _session_(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=max(1, self.config.max_concurrency))
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    def url_for(self, href: str) -> URL:
+        """Join an href to the API base (never to the host); absolute URLs are kept."""
+        if href.startswith(("http://", "https://")):
+            return URL(href)
+        base_path = self.base.path.rstrip("/")
+        path = href if href.startswith("/") else "/" + href
+        if base_path and (path == base_path or path.startswith(base_path + "/")):
+            return self.base.with_path(path)
+        return self.base.with_path(base_path + path)
+
+    def _headers(self, token: str) -> dict[str, str]:
+        return {
+            "User-Agent": self.config.user_agent,
+            **self.config.extra_headers,
+            "Authorization": f"Bearer {token}",
+        }
+
+    def _token(self) -> str:
+        token = self.tokens.current()
+        if token is None or self.tokens.state != "valid":
+            raise UpstreamAuthExpired(f"no valid PDPJ token (state: {self.tokens.state})")
+        return token
+
+    def _record(self, status: int | None, call: str) -> None:
+        self.responses["error" if status is None else str(status)] += 1
+        if self.on_response is not None:
+            self.on_response(status, call)
+
+    @asynccontextmanager
+    async def _request(
+        self, url: URL, headers: dict[str, str], call: str
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send a GET under the caps; only failures of the request itself are translated here."""
+        token = self._token()
+        async with self._slots:
+            if self._bucket is not None:
+                await self._bucket.acquire()
+            try:
+                resp = await self._session_().get(
+                    url,
+                    headers={**self._headers(token), **headers},
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                )
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                self._record(None, call)
+                raise UpstreamTransient(
+                    f"PDPJ {call} request failed: {type(exc).__name__}"
+                ) from exc
+            try:
+                self._record(resp.status, call)
+                if resp.status == 401:
+                    self.tokens.mark_expired(token)
+                    raise UpstreamAuthExpired("PDPJ refused the token (401): expired or invalid")
+                yield resp
+            finally:
+                resp.release()
+
+    async def get_process(self, number: ProcessNumber) -> UpstreamProcess:
+        """The details of a process; raises UpstreamNotFound, UpstreamTransient, ..."""
+        url = self.base.with_path(f"{self.base.path.rstrip('/')}/processos/{number.digits}")
+        async with self._request(url, {"Accept": "application/json"}, "details") as resp:
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                raise UpstreamTransient(f"PDPJ details body failed: {type(exc).__name__}") from exc
+            status, content_type, headers = resp.status, resp.content_type, resp.headers
+        if status == 404:
+            raise UpstreamNotFound(f"PDPJ has no process {number.masked}")
+        if status == 403 and looks_like_html(body[:512]):
+            raise UpstreamPermanent(
+                "PDPJ's gateway refused the request (403 with an HTML page); "
+                "it refuses clients without a browser-like pdpj.user_agent"
+            )
+        _raise_for_status(status, headers, "the process details")
+        if content_type == "text/html" or looks_like_html(body[:512]):
+            raise UpstreamPermanent(
+                "PDPJ answered an HTML page instead of process details; check pdpj.base_url "
+                "(it must end in /api/v2)"
+            )
+        try:
+            data = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise UpstreamTransient("PDPJ answered process details that are not JSON") from None
+        if isinstance(data, list):
+            data = data[0] if data else None
+        if not isinstance(data, dict) or not data:
+            raise UpstreamNotFound(f"PDPJ has no process {number.masked}")
+        return parse_process(data, number)
+
+    @asynccontextmanager
+    async def stream_document(
+        self, href: str, expected_mime: str | None = None
+    ) -> AsyncIterator[DocumentStream]:
+        """Open a document's body; classifies refusals before yielding (see module errors)."""
+        # Identity encoding keeps Content-Length comparable with the bytes received.
+        headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
+        async with self._request(self.url_for(href), headers, "binary") as resp:
+            _raise_for_status(resp.status, resp.headers, "the document")
+            try:
+                head, eof = await _read_head(resp)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                raise UpstreamTransient(
+                    f"PDPJ connection failed at the start of the body: {type(exc).__name__}"
+                ) from exc
+            short = eof or (resp.content_length or 0) <= NOT_READY_MAX_BYTES
+            json_note = resp.content_type == "application/json" and short
+            if json_note and expected_mime != "application/json":
+                raise UpstreamTransient(
+                    "PDPJ answered a short JSON note instead of the file (not ready yet)",
+                    retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                )
+            if expected_mime is not None and (reason := check_content(expected_mime, head)):
+                raise ContentMismatch(reason)
+            yield DocumentStream(resp, head, eof)
+
+
+async def _read_head(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """Up to HEAD_BYTES of the body, and whether that was all of it."""
+    head = b""
+    while len(head) < HEAD_BYTES:
+        chunk = await resp.content.read(HEAD_BYTES - len(head))
+        if not chunk:
+            return head, True
+        head += chunk
+    return head, resp.content.at_eof()
+
+
+def _raise_for_status(status: int, headers: Any, what: str) -> None:
+    """Sort a non-2xx answer into the upstream errors."""
+    if 200 <= status < 300:
+        return
+    if status == 429 or status in (408, 425) or status >= 500:
+        retry = retry_after_seconds(headers.get("Retry-After"))
+        raise UpstreamTransient(f"PDPJ answered {status} for {what}", retry_after=retry)
+    if status == 403:
+        raise UpstreamPermanent(f"PDPJ refused {what} (403): sigiloso or no access")
+    if status == 404:
+        raise UpstreamPermanent(f"PDPJ has no such {what.removeprefix('the ')} (404)")
+    raise UpstreamPermanent(f"PDPJ answered {status} for {what}")
+
+
+__all__ = [
+    "ContentMismatch",
+    "DocumentStream",
+    "PdpjClient",
+    "UpstreamAuthExpired",
+    "UpstreamDocument",
+    "UpstreamError",
+    "UpstreamNotFound",
+    "UpstreamPermanent",
+    "UpstreamProcess",
+    "UpstreamTransient",
+    "check_content",
+    "looks_like_html",
+    "parse_process",
+]

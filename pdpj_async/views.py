@@ -1,0 +1,111 @@
+"""The API's response types: msgspec Structs that the handlers encode and the OpenAPI describes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+import msgspec
+
+DocumentStatus = Literal["pending", "processing", "available", "failed"]
+JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+
+
+class _View(msgspec.Struct, kw_only=True):
+    pass
+
+
+class JobRef(_View):
+    """The job a process request created or found."""
+
+    job_id: UUID
+    status: JobStatus
+    status_url: str
+    webhook_url: str | None
+    total_documents: int
+    completed_documents: int
+    failed_documents: int
+    progress_percentage: float
+
+
+class ProcessView(_View):
+    """A process as stored from PDPJ."""
+
+    number: str
+    number_digits: str
+    court: str | None
+    class_: str | None = msgspec.field(name="class")
+    subject: str | None
+    last_movement: str | None
+    last_movement_at: datetime | None
+    instances: list[str]
+    document_count: int
+    has_documents: bool
+    fetched_at: datetime
+
+
+class ProcessResponse(_View):
+    """Answer to GET /processes/{number}."""
+
+    process: ProcessView
+    job: JobRef | None
+    # Served from the stored copy because PDPJ could not be reached.
+    stale: bool = False
+
+
+class DocumentView(_View):
+    """One document with its download state."""
+
+    id: int
+    uuid: str
+    name: str
+    type: str | None
+    mime_type: str | None
+    sequence: int | None
+    status: DocumentStatus
+    size: int | None
+    declared_size: int | None
+    sha256: str | None
+    download_url: str | None
+    error_message: str | None
+    download_completed_at: datetime | None
+
+
+class JobView(_View):
+    """A job, as shown to its owner (or an admin)."""
+
+    job_id: UUID
+    process_number: str
+    status: JobStatus
+    webhook_url: str | None
+    webhook_sent: bool
+    total_documents: int
+    completed_documents: int
+    failed_documents: int
+    progress_percentage: float
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    status_url: str
+
+
+class StatusView(_View):
+    """Answer to GET /processes/{number}/status."""
+
+    process_number: str
+    status: Literal["pending", "processing", "completed", "failed"]
+    total_documents: int
+    completed_documents: int
+    failed_documents: int
+    progress_percentage: float
+    documents: list[DocumentView]
+    job: JobView | None
+
+
+class JobList(_View):
+    """A page of jobs; pass `next_cursor` as `cursor` for the next page."""
+
+    jobs: list[JobView]
+    next_cursor: str | None

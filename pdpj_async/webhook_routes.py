@@ -1,0 +1,190 @@
+"""Webhook endpoints: redeliver, ping, and the built-in test receiver of the local demo."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from . import keys, queries, state, webhooks
+from .errors import AuthError, InvalidRequest, NotFound
+from .keys import ApiKey
+from .middleware import caller, presented_key
+from .sender import WebhookClient
+from .ssrf import Resolver
+
+_SQL = queries.load("webhooks")
+_encode = msgspec.json.Encoder().encode
+
+
+class PingRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /api/v1/webhooks/ping."""
+
+    url: str
+
+
+class PingResult(msgspec.Struct, kw_only=True):
+    """What the receiver made of the ping."""
+
+    webhook_id: str
+    url: str
+    delivered: bool
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    response_body: str | None
+
+
+class TestReceiverAnswer(msgspec.Struct, kw_only=True):
+    """The built-in receiver's echo of what it got."""
+
+    __test__ = False
+
+    verified: bool
+    webhook_id: str | None
+    webhook_timestamp: str | None
+    webhook_attempt: str | None
+    body: Any
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(value), status=status, content_type="application/json")
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    """POST /api/v1/webhook-deliveries/{id}/redeliver: a fresh round with the same webhook-id."""
+    key = caller(request)
+    delivery = await webhooks.redeliver(
+        request.app[state.POOL],
+        request.match_info["id"],
+        owner_id=None if key.is_admin else key.id,
+    )
+    return _json(delivery, status=202)
+
+
+async def ping(request: web.Request) -> web.Response:
+    """POST /api/v1/webhooks/ping: send a signed `ping` event to a URL, report what happened."""
+    key = caller(request)
+    try:
+        body = msgspec.json.decode(await request.read(), type=PingRequest)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f'expected a JSON body {{"url": ...}}: {exc}') from None
+    client = request.app[state.WEBHOOK_CLIENT]
+    await client.guard.validate(body.url)
+    msg_id = webhooks.new_webhook_id()
+    payload = {
+        "type": "ping",
+        "webhook_id": msg_id,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "message": "a test message from pdpj-async",
+    }
+    result = await client.post(
+        body.url, msg_id, _encode(payload), await _signing_secrets(request, key.id), 1
+    )
+    return _json(
+        PingResult(
+            webhook_id=msg_id,
+            url=body.url,
+            delivered=result.delivered,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            response_body=result.response_body,
+        )
+    )
+
+
+async def _signing_secrets(request: web.Request, key_id: int) -> list[str]:
+    row = await request.app[state.POOL].fetchrow(_SQL["key_secrets"], key_id)
+    if row is None:
+        raise NotFound("the API key is gone")
+    overlap = request.app[state.CONFIG].webhooks.secret_overlap_s
+    return webhooks.signing_secrets(
+        row["webhook_secret"], row["previous_webhook_secret"], row["rotated_s_ago"], overlap
+    )
+
+
+async def _optional_key(request: web.Request) -> ApiKey | None:
+    # The test receiver is public; a key, when given, says whose secret to try.
+    presented = presented_key(request)
+    return await keys.authenticate(request.app[state.POOL], presented) if presented else None
+
+
+async def receive_test(request: web.Request) -> web.Response:
+    """POST /api/v1/webhooks/webhook-test: verify the signature if we can, echo what came."""
+    raw = await request.read()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    key = await _optional_key(request)
+    rows = await request.app[state.POOL].fetch(_SQL["active_secrets"])
+    signer = None
+    for row in rows:
+        if key is not None and row["id"] != key.id:
+            continue
+        candidates = [row["webhook_secret"], row["previous_webhook_secret"]]
+        if any(s and webhooks.verify(s, raw, headers) for s in candidates):
+            signer = row["id"]
+            break
+    try:
+        body: Any = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        body = raw.decode("utf-8", errors="replace")
+    message = webhooks.ReceivedWebhook(
+        received_at=datetime.now(UTC),
+        webhook_id=headers.get("webhook-id"),
+        webhook_timestamp=headers.get("webhook-timestamp"),
+        webhook_attempt=headers.get("x-webhook-attempt"),
+        user_agent=headers.get("user-agent"),
+        verified=signer is not None,
+        key_id=signer,
+        body=body,
+    )
+    request.app[state.WEBHOOK_TEST_INBOX].add(message)
+    return _json(
+        TestReceiverAnswer(
+            verified=message.verified,
+            webhook_id=message.webhook_id,
+            webhook_timestamp=message.webhook_timestamp,
+            webhook_attempt=message.webhook_attempt,
+            body=body,
+        )
+    )
+
+
+async def list_test(request: web.Request) -> web.Response:
+    """GET /api/v1/webhooks/webhook-test: what the test receiver got, signed with your secret."""
+    key = await _optional_key(request)
+    if key is None:
+        raise AuthError("listing received webhooks needs an API key")
+    inbox = request.app[state.WEBHOOK_TEST_INBOX]
+    return _json({"messages": inbox.visible_to(None if key.is_admin else key.id)})
+
+
+def client_ctx(
+    resolver: Resolver | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The SSRF-guarded HTTP client that pings go through."""
+
+    async def webhook_client_ctx(app: web.Application) -> AsyncIterator[None]:
+        client = WebhookClient(app[state.CONFIG].webhooks, resolver)
+        await client.start()
+        app[state.WEBHOOK_CLIENT] = client
+        try:
+            yield
+        finally:
+            await client.close()
+
+    return webhook_client_ctx
+
+
+def setup_routes(app: web.Application, *, resolver: Resolver | None = None) -> None:
+    """Register the webhook routes and the resources they use."""
+    keep = app[state.CONFIG].webhooks.test_receiver_keep
+    app[state.WEBHOOK_TEST_INBOX] = webhooks.TestInbox(keep)
+    app.cleanup_ctx.append(client_ctx(resolver))
+    app.router.add_post("/api/v1/webhook-deliveries/{id}/redeliver", redeliver)
+    app.router.add_post("/api/v1/webhooks/ping", ping)
+    app.router.add_post("/api/v1/webhooks/webhook-test", receive_test)
+    app.router.add_get("/api/v1/webhooks/webhook-test", list_test)

@@ -1,0 +1,471 @@
+"""The worker pool: claims queue rows for registered handlers, keeps their leases, settles them.
+
+A handler is `async def handler(task: Task) -> None`. Its outcome settles the row:
+- it returns: the row is completed (deleted), in batches. A handler that must delete the row
+  in the same transaction as its own writes calls `queue.complete(task, conn=conn)` itself;
+  that marks `task.completed`, and the pool then leaves the row alone.
+- it raises RetryLater(msg, delay): retried after `delay` (or the backoff when None);
+- PermanentFailure(msg): the final failure at once;
+- Release: the row goes back unfailed, the attempt not counted (e.g. upstream token expired);
+- LeaseLost: the row was taken over by another owner, nothing is written;
+- anything else: retried with exponential backoff and full jitter until max_attempts.
+On the final failure `on_final_failure(conn, task, error)` runs in the transaction that
+deletes the row. A handler whose lease is lost, or whose row is cancelled, is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple
+
+import asyncpg
+
+from .config import QueueConfig
+from .db import Connection
+from .errors import LeaseLost, PermanentFailure, Release, RetryLater
+from .logs import get_logger
+from .queue import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
+
+log = get_logger(__name__)
+
+Handler = Callable[[Task], Awaitable[None]]
+FinalFailureHook = Callable[[Connection, Task, str], Awaitable[None]]
+
+# What a lost or restarting database raises; the pool waits and tries again.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_RETRY_MIN_S = 0.1
+_RETRY_MAX_S = 5.0
+# How long start() waits for LISTEN before relying on the poll alone.
+_LISTEN_START_TIMEOUT_S = 10.0
+
+
+class Gate:
+    """An on/off switch for claiming one kind (e.g. closed while the upstream token is expired)."""
+
+    def __init__(self, is_open: bool = True) -> None:
+        self._event = asyncio.Event()
+        self._subscribers: list[Callable[[], None]] = []
+        if is_open:
+            self._event.set()
+
+    def is_open(self) -> bool:
+        """True when work of this kind may be claimed."""
+        return self._event.is_set()
+
+    def open(self) -> None:
+        """Allow claiming again and wake the pools waiting on this gate."""
+        self._event.set()
+        for wake in self._subscribers:
+            wake()
+
+    def close(self) -> None:
+        """Stop claiming; rows already running are not touched."""
+        self._event.clear()
+
+    async def wait(self) -> None:
+        """Return once the gate is open."""
+        await self._event.wait()
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call wake() whenever the gate opens."""
+        self._subscribers.append(wake)
+
+
+class WorkerStats:
+    """Counters since start, for the metrics endpoint."""
+
+    def __init__(self) -> None:
+        self.claims = 0
+        self.completions = 0
+        self.retries = 0
+        self.final_failures = 0
+        self.rescues = 0
+        self.releases = 0
+        self.leases_lost = 0
+        self.cancelled = 0
+
+
+class _Registration(NamedTuple):
+    handler: Handler
+    on_final_failure: FinalFailureHook | None
+    gate: Gate | None
+
+
+class WorkerPool:
+    """N concurrent handlers fed by batch claims, woken by LISTEN/NOTIFY with a slow poll."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        pool: asyncpg.Pool,
+        dsn_or_connect_params: str | Mapping[str, Any],
+        config: QueueConfig,
+    ) -> None:
+        self.queue = queue
+        self.pool = pool
+        self.config = config
+        self.stats = WorkerStats()
+        self._connect_params = dsn_or_connect_params
+        self._handlers: dict[str, _Registration] = {}
+        self._running: dict[int, tuple[Task, asyncio.Task[None]]] = {}
+        # Claimed ahead while a backlog lasts, so a free worker starts without a round trip.
+        self._ready: deque[Task] = deque()
+        self._cancel_reasons: dict[int, str] = {}
+        self._to_complete: list[Task] = []
+        self._unfinished: list[Task] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._flush = asyncio.Event()
+        self._listening = asyncio.Event()
+        # Stop flushes completions itself; it must wait for a flush already in flight.
+        self._completing = asyncio.Lock()
+        self._stopping = False
+        self.failed: asyncio.Future[BaseException] | None = None
+
+    @property
+    def running(self) -> int:
+        """Handlers running now."""
+        return len(self._running)
+
+    def register(
+        self,
+        kind: str,
+        handler: Handler,
+        *,
+        on_final_failure: FinalFailureHook | None = None,
+        gate: Gate | None = None,
+    ) -> None:
+        """Run `handler` for rows of `kind`; claiming pauses while `gate` is closed."""
+        if kind in self._handlers:
+            raise ValueError(f"a handler for queue kind {kind!r} is already registered")
+        self._handlers[kind] = _Registration(handler, on_final_failure, gate)
+        if gate is not None:
+            gate.subscribe(self._wake.set)
+
+    async def start(self) -> None:
+        """Start listening, claiming, completing and heartbeating; returns once LISTEN is on."""
+        self.failed = asyncio.get_running_loop().create_future()
+        self._stopping = False
+        self._spawn("listener", self._listen_loop())
+        self._spawn("claimer", self._claim_loop())
+        self._spawn("completer", self._complete_loop())
+        self._spawn("heartbeat", self._heartbeat_loop())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), _LISTEN_START_TIMEOUT_S)
+        log.info("worker_pool_started", workers=self.config.workers, kinds=sorted(self._handlers))
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give running handlers `grace` seconds, then release what is left."""
+        self._stopping = True
+        claimer = [t for t in self._background if t.get_name() == "queue-claimer"]
+        await _cancel_all(claimer)
+        self._unfinished.extend(self._ready)
+        self._ready.clear()
+        handlers = [t for _, t in self._running.values()]
+        if handlers:
+            await asyncio.wait(handlers, timeout=grace)
+        for task_id, (_, handler) in list(self._running.items()):
+            self._cancel_reasons[task_id] = "stop"
+            handler.cancel()
+        await asyncio.gather(*(t for _, t in self._running.values()), return_exceptions=True)
+        released = 0
+        if self._unfinished:
+            with contextlib.suppress(*DB_ERRORS):
+                released = len(await self.queue.release(self._unfinished))
+            self.stats.releases += released
+            self._unfinished = []
+        with contextlib.suppress(*DB_ERRORS):
+            await self._complete_pending()
+        await _cancel_all(self._background)
+        self._background = []
+        s = self.stats
+        log.info(
+            "worker_pool_stopped",
+            released=released,
+            claims=s.claims,
+            completions=s.completions,
+            retries=s.retries,
+            final_failures=s.final_failures,
+            rescues=s.rescues,
+        )
+
+    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(f"queue-{name}")
+        task.add_done_callback(self._background_done)
+        self._background.append(task)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if self._stopping and task.cancelled():
+            return
+        error: BaseException = (
+            RuntimeError(f"{task.get_name()} was cancelled")
+            if task.cancelled()
+            else task.exception() or RuntimeError(f"{task.get_name()} exited")
+        )
+        log.error("worker_pool_task_died", task=task.get_name(), error=repr(error))
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(error)
+
+    # Claiming.
+
+    def _open_kinds(self) -> list[str]:
+        return [k for k, r in self._handlers.items() if r.gate is None or r.gate.is_open()]
+
+    async def _claim_loop(self) -> None:
+        pause = _RETRY_MIN_S
+        while not self._stopping:
+            try:
+                # One connection held for every claim: a pool checkout per claim costs a
+                # reset round trip each time.
+                async with self.pool.acquire() as conn:
+                    await self._claim_on(conn)
+            except DB_ERRORS as exc:
+                log.warning("queue_claim_failed", error=str(exc), retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RETRY_MAX_S)
+
+    async def _claim_on(self, conn: Connection) -> None:
+        backlog = False
+        while not self._stopping:
+            # While claims come back full, keep up to a batch claimed ahead of the workers, and
+            # top it up in large claims rather than one row per finished handler.
+            ahead = self.config.claim_batch if backlog else 0
+            want = self.config.workers + ahead - len(self._running) - len(self._ready)
+            if want <= 0 or (self._ready and want < ahead // 2):
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            kinds = self._open_kinds()
+            self._wake.clear()
+            if not kinds:
+                await self._wait_wake(self.config.poll_interval_s)
+                continue
+            asked = min(want, self.config.claim_batch)
+            tasks = await self.queue.claim(asked, kinds, conn=conn)
+            self.stats.claims += len(tasks)
+            self._ready.extend(tasks)
+            self._dispatch()
+            backlog = len(tasks) == asked
+            if not backlog:
+                await self._wait_wake(self.config.poll_interval_s)
+
+    async def _wait_wake(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _dispatch(self) -> None:
+        """Start claimed tasks while workers are free."""
+        ready, running, workers = self._ready, self._running, self.config.workers
+        while ready and len(running) < workers and not self._stopping:
+            task = ready.popleft()
+            handler = asyncio.create_task(self._run(task, self._handlers[task.kind]))
+            running[task.id] = (task, handler)
+            handler.add_done_callback(functools.partial(self._handler_done, task.id))
+
+    def _handler_done(self, task_id: int, handler: asyncio.Task[None]) -> None:
+        self._running.pop(task_id, None)
+        self._cancel_reasons.pop(task_id, None)
+        if self._ready:
+            self._dispatch()
+        self._slot_free.set()
+        if not handler.cancelled() and handler.exception() is not None:
+            log.error("queue_handler_crashed", task_id=task_id, error=repr(handler.exception()))
+
+    def _cancel_handler(self, task_id: int, reason: str) -> None:
+        entry = self._running.get(task_id)
+        if entry is None or entry[0].completed:
+            return
+        self._cancel_reasons[task_id] = reason
+        entry[1].cancel()
+
+    # Running one task.
+
+    async def _run(self, task: Task, reg: _Registration) -> None:
+        if task.rescued:
+            self.stats.rescues += 1
+        try:
+            if task.attempts > task.max_attempts:
+                # Its worker died on every attempt (a crash, not an error): stop trying.
+                error = task.last_error or "lease expired on every attempt"
+                await self._fail(task, reg, error, permanent=True)
+                return
+            await reg.handler(task)
+        except asyncio.CancelledError:
+            reason = self._cancel_reasons.get(task.id)
+            if reason is None:
+                raise
+            if reason == "stop":
+                self._unfinished.append(task)
+            else:
+                self.stats.cancelled += 1
+                log.info("queue_handler_cancelled", kind=task.kind, ref=task.ref, reason=reason)
+        except Release:
+            with contextlib.suppress(*DB_ERRORS):
+                self.stats.releases += len(await self.queue.release([task]))
+        except RetryLater as exc:
+            await self._fail(task, reg, str(exc) or "retry later", delay=exc.delay)
+        except PermanentFailure as exc:
+            await self._fail(task, reg, str(exc) or "permanent failure", permanent=True)
+        except LeaseLost:
+            self.stats.leases_lost += 1
+            log.warning("queue_lease_lost", kind=task.kind, ref=task.ref)
+        except Exception as exc:
+            await self._fail(task, reg, f"{type(exc).__name__}: {exc}")
+        else:
+            if not task.completed:
+                self._to_complete.append(task)
+                self._flush.set()
+
+    async def _fail(
+        self,
+        task: Task,
+        reg: _Registration,
+        error: str,
+        *,
+        delay: float | None = None,
+        permanent: bool = False,
+    ) -> None:
+        wait = self.queue.backoff(task.attempts) if delay is None else max(0.0, delay)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                final = await self.queue.fail(
+                    task, error, delay=wait, permanent=permanent, conn=conn
+                )
+                if final and reg.on_final_failure is not None:
+                    await reg.on_final_failure(conn, task, error)
+        except LeaseLost:
+            self.stats.leases_lost += 1
+            log.warning("queue_lease_lost", kind=task.kind, ref=task.ref)
+            return
+        except DB_ERRORS as exc:
+            # The row keeps its lease until it expires, then another claim rescues it.
+            log.warning("queue_fail_not_recorded", kind=task.kind, ref=task.ref, error=str(exc))
+            return
+        if final:
+            self.stats.final_failures += 1
+            log.warning(
+                "queue_task_failed",
+                kind=task.kind,
+                ref=task.ref,
+                attempts=task.attempts,
+                error=error,
+            )
+        else:
+            self.stats.retries += 1
+            # Our own retries come due without a NOTIFY: wake the claimer for them.
+            asyncio.get_running_loop().call_later(wait, self._wake.set)
+            log.info("queue_task_retry", kind=task.kind, ref=task.ref, attempts=task.attempts)
+
+    # Completing, heartbeating, listening.
+
+    async def _complete_loop(self) -> None:
+        pause = _RETRY_MIN_S
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    while True:
+                        await self._flush.wait()
+                        # Let every handler that finishes in this turn of the loop join the batch.
+                        await asyncio.sleep(0)
+                        self._flush.clear()
+                        await self._complete_pending(conn)
+                        pause = _RETRY_MIN_S
+            except DB_ERRORS as exc:
+                log.warning("queue_complete_failed", error=str(exc), retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RETRY_MAX_S)
+                self._flush.set()
+
+    async def _complete_pending(self, conn: Connection | None = None) -> None:
+        async with self._completing:
+            while self._to_complete:
+                batch, self._to_complete = self._to_complete, []
+                try:
+                    done = await self.queue.complete_many(batch, conn=conn)
+                except BaseException:
+                    self._to_complete[:0] = batch
+                    raise
+                self.stats.completions += len(done)
+                if len(done) < len(batch):
+                    self.stats.leases_lost += len(batch) - len(done)
+                    log.warning("queue_complete_refused", count=len(batch) - len(done))
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_s)
+            tasks = [t for t, _ in self._running.values()] + [*self._ready, *self._to_complete]
+            if not tasks:
+                continue
+            try:
+                owned = await self.queue.heartbeat(tasks)
+            except DB_ERRORS as exc:
+                log.warning("queue_heartbeat_failed", error=str(exc))
+                continue
+            for task in tasks:
+                if task.id not in owned and task.id in self._running:
+                    self.stats.leases_lost += 1
+                    self._cancel_handler(task.id, "lease_lost")
+
+    async def _listen_loop(self) -> None:
+        pause = _RETRY_MIN_S
+        while True:
+            try:
+                conn = await self._connect()
+            except DB_ERRORS as exc:
+                log.warning("queue_listener_connect_failed", error=str(exc), retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _RETRY_MAX_S)
+                continue
+            try:
+                await self._listen(conn)
+                pause = _RETRY_MIN_S
+            except DB_ERRORS as exc:
+                log.warning("queue_listener_lost", error=str(exc))
+            finally:
+                self._listening.clear()
+                conn.terminate()
+            await asyncio.sleep(pause)
+
+    async def _connect(self) -> asyncpg.Connection:
+        settings = {"application_name": "pdpj-async-listener"}
+        if isinstance(self._connect_params, str):
+            return await asyncpg.connect(self._connect_params, server_settings=settings)
+        return await asyncpg.connect(**{"server_settings": settings, **self._connect_params})
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+        self._listening.set()
+        # Notifications sent while we were not listening are gone: look for work now.
+        self._wake.set()
+        log.info("queue_listening")
+        while not conn.is_closed():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), self.config.poll_interval_s)
+        log.warning("queue_listener_lost", error="connection closed")
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        self._wake.set()
+
+    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        ids = {int(part) for part in str(payload).split(",") if part.isdigit()}
+        if self._ready:
+            # Claimed ahead but not started: the row is gone, so it is simply dropped.
+            kept = [t for t in self._ready if t.id not in ids]
+            self._ready = deque(kept)
+        for task_id in ids:
+            self._cancel_handler(task_id, "cancelled")
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,189 @@
+"""The sandbox PDPJ itself: auth, data, determinism, faults, control endpoints, the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import signal
+import socket
+import sys
+from typing import Any
+
+import aiohttp
+import pytest
+
+from pdpj_async.cnj import parse
+from pdpj_async.sandbox_data import document_chunks, generate_process
+from pdpj_async.upstream import list_documents
+from tests.fixtures.sandbox import (
+    FIXTURE_NUMBER,
+    MakeSandbox,
+    Sandbox,
+    fixture_uuid,
+)
+
+GENERATED = ["10117457720258110041", "50011226820234036100", "08012343820248260100"]
+
+
+async def get(sandbox: Sandbox, path: str, token: str | None = None) -> tuple[int, str, bytes]:
+    headers = {"Authorization": f"Bearer {token or sandbox.token}"}
+    async with sandbox.session.get(sandbox.url + path, headers=headers) as resp:
+        return resp.status, resp.content_type, await resp.read()
+
+
+async def test_api_requires_the_bearer_token(sandbox: Sandbox) -> None:
+    status, _, _ = await get(sandbox, f"/processos/{FIXTURE_NUMBER}", token="wrong")
+    assert status == 401
+    status, _, body = await get(sandbox, f"/processos/{FIXTURE_NUMBER}")
+    assert status == 200 and json.loads(body)[0]["siglaTribunal"] == "TJSP"
+
+
+async def test_host_paths_answer_the_web_shell(sandbox: Sandbox) -> None:
+    for path in ("/", "/processos/x/documentos/y/binario"):
+        async with sandbox.session.get(sandbox.root + path) as resp:
+            body = await resp.read()
+        assert resp.status == 200 and resp.content_type == "text/html"
+        assert 1500 < len(body) < 3000 and body.startswith(b"<!doctype html>")
+
+
+async def test_search_answers_the_contract_shapes(sandbox: Sandbox) -> None:
+    status, _, body = await get(sandbox, f"/processos?numeroProcesso={FIXTURE_NUMBER}")
+    assert status == 200 and json.loads(body)["content"][0]["numeroProcesso"] == FIXTURE_NUMBER
+    await sandbox.override(GENERATED[0], form="missing")
+    _, _, body = await get(sandbox, f"/processos?numeroProcesso={GENERATED[0]}")
+    assert json.loads(body) == {"content": []}
+    _, _, body = await get(sandbox, f"/processos?numeroProcesso={GENERATED[1]}")
+    assert json.loads(body)["content"][0]["numeroProcesso"] == GENERATED[1]
+
+
+def test_generated_processes_are_deterministic_and_realistic() -> None:
+    numbers = [f"{n:07d}" for n in range(100, 140)]
+    seen_two_instances = seen_html = seen_accents = False
+    for sequence in numbers:
+        digits = _valid(sequence)
+        first = generate_process(parse(digits))
+        again = generate_process(parse(digits))
+        assert first.raw == again.raw and first.documents == again.documents
+        listed = list_documents(first.raw)
+        assert {d.uuid for d in listed} == set(first.documents)
+        if "tramitacoes" in first.raw:
+            seen_two_instances = True
+            entries = sum(
+                len(t["documentos"])
+                for t in [first.raw["tramitacaoAtual"], *first.raw["tramitacoes"]]
+            )
+            assert entries == len(listed) + (1 if listed else 0)
+        seen_html |= any(d.mime_type == "text/html" for d in listed)
+        seen_accents |= any(not d.name.isascii() for d in listed)
+    assert seen_two_instances and seen_html and seen_accents
+
+
+def _valid(sequence: str) -> str:
+    rest = "2024" + "8" + "26" + "0100"
+    check = 98 - int(sequence + rest + "00") % 97
+    return f"{sequence}{check:02d}{rest}"
+
+
+@pytest.mark.parametrize(
+    ("size", "mime"), [(0, "application/pdf"), (1, "application/pdf"), (300_001, "text/html")]
+)
+def test_document_bytes_have_the_exact_size_and_a_valid_frame(size: int, mime: str) -> None:
+    body = b"".join(document_chunks("u-1", size, mime))
+    assert len(body) == size
+    assert body == b"".join(document_chunks("u-1", size, mime))
+    if size > 1000:
+        assert body.startswith(b"<!DOCTYPE html>") and body.endswith(b"</html>\n")
+        assert body != b"".join(document_chunks("u-2", size, mime))
+    limited = b"".join(document_chunks("u-1", size, mime, limit=size // 2))
+    assert limited == body[: size // 2]
+
+
+def test_large_pdfs_have_header_and_trailer() -> None:
+    body = b"".join(document_chunks("u-3", 9 * 1024 * 1024 + 1, "application/pdf"))
+    assert body.startswith(b"%PDF-1.7\n") and body.endswith(b"%%EOF\n")
+
+
+async def test_stats_count_fetches_and_completed_fetches(sandbox: Sandbox) -> None:
+    uuid = fixture_uuid(2)
+    href = sandbox.href(FIXTURE_NUMBER, uuid)
+    status, mime, body = await get(sandbox, href)
+    size, sha256, _ = sandbox.expected(FIXTURE_NUMBER, uuid)
+    assert (status, mime, len(body), hashlib.sha256(body).hexdigest()) == (
+        200,
+        "application/pdf",
+        size,
+        sha256,
+    )
+    await sandbox.fault(uuid=uuid, reset_after=1000, times=1)
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await get(sandbox, href)
+    stats = await sandbox.stats()
+    assert stats["documents"][uuid] == {"fetches": 2, "completed": 1, "bytes": size + 1000}
+
+
+async def test_faults_apply_the_given_number_of_times(sandbox: Sandbox) -> None:
+    href = sandbox.href(FIXTURE_NUMBER, fixture_uuid(1))
+    await sandbox.fault(status=503, retry_after="2", times=2)
+    statuses = [(await get(sandbox, href))[0] for _ in range(3)]
+    assert statuses == [503, 503, 200]
+
+
+async def test_token_expires_after_n_requests_until_a_new_one_is_set(
+    make_sandbox: MakeSandbox,
+) -> None:
+    sandbox = await make_sandbox(token_expires_after=2)
+    path = f"/processos/{FIXTURE_NUMBER}"
+    assert [(await get(sandbox, path))[0] for _ in range(3)] == [200, 200, 401]
+    await sandbox.set_token("fresh")
+    assert (await get(sandbox, path, token="fresh"))[0] == 200
+
+
+async def test_override_sets_exact_documents(sandbox: Sandbox) -> None:
+    docs: list[dict[str, Any]] = [{"size": 8 * 1024 * 1024 + 1}, {"size": 5, "mime": "text/html"}]
+    answer = await sandbox.override(GENERATED[0], documents=docs, instances=1)
+    assert [(d["size"], d["mime"]) for d in answer] == [
+        (8 * 1024 * 1024 + 1, "application/pdf"),
+        (5, "text/html"),
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_cli_sandbox_runs_standalone_and_stops_on_sigterm() -> None:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pdpj_async",
+        "sandbox",
+        "--port",
+        str(port),
+        "--token",
+        "cli-token",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}/api/v2/processos/{FIXTURE_NUMBER}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with session.get(
+                            url, headers={"Authorization": "Bearer cli-token"}
+                        ) as resp:
+                            assert resp.status == 200
+                            break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stderr is not None
+        assert b"sandbox_stopped" in await proc.stderr.read()

@@ -1,0 +1,157 @@
+"""The filesystem backend: signed, expiring download URLs served by the daemon, and its key file."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from pdpj_async import state
+from pdpj_async.config import StorageConfig
+from pdpj_async.middleware import problem_middleware, request_id_middleware
+from pdpj_async.storage import content_disposition, create_storage
+from pdpj_async.storage_fs import SIGNING_KEY_FILE, FilesystemStorage, setup_routes
+from tests.fixtures.s3 import with_changes
+from tests.test_storage import KEY, body, store
+
+
+@pytest.fixture
+async def files(aiohttp_client: Any, fs_storage: FilesystemStorage) -> TestClient[Any, Any]:
+    """An HTTP client against an app serving the store's /files/ route."""
+    app = web.Application(middlewares=[request_id_middleware, problem_middleware])
+    # As the daemon does: the route is mounted first, the store set at startup.
+    setup_routes(app)
+    app[state.STORAGE] = fs_storage
+    client: TestClient[Any, Any] = await aiohttp_client(app)
+    return client
+
+
+def _with_query(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = {k: v[0] for k, v in parse_qs(parts.query).items()} | changes
+    return parts.path + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+async def test_signed_url_serves_the_bytes_with_type_and_name(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any]
+) -> None:
+    data = body(300_000)
+    await store(fs_storage, KEY, data)
+
+    response = await files.get(fs_storage.download_url(KEY))
+    assert response.status == 200
+    assert await response.read() == data
+    assert response.headers["Content-Type"] == "application/pdf"
+    assert response.headers["Content-Disposition"] == content_disposition("Petição inicial.pdf")
+
+    renamed = await files.get(fs_storage.download_url(KEY, filename="Outro nome.pdf"))
+    assert renamed.headers["Content-Disposition"] == content_disposition("Outro nome.pdf")
+
+
+async def test_tampered_signature_is_refused(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any]
+) -> None:
+    await store(fs_storage, KEY, b"%PDF-1.7")
+    url = fs_storage.download_url(KEY)
+    sig = parse_qs(urlsplit(url).query)["sig"][0]
+    tampered = _with_query(url, sig=("A" if sig[0] != "A" else "B") + sig[1:])
+
+    response = await files.get(tampered)
+    assert response.status == 403
+    assert response.content_type == "application/problem+json"
+    assert b"%PDF" not in await response.read()
+
+    later = _with_query(url, expires=str(int(time.time()) + 10**6))
+    assert (await files.get(later)).status == 403
+    renamed = _with_query(url, name="evil.html")
+    assert (await files.get(renamed)).status == 403
+    assert (await files.get(url.split("?")[0])).status == 403
+
+
+async def test_expired_url_is_refused(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any]
+) -> None:
+    await store(fs_storage, KEY, b"%PDF-1.7")
+    expires = int(time.time()) - 1
+    sig = fs_storage.sign(KEY, expires, "")
+    response = await files.get(f"/files/{KEY}?expires={expires}&sig={sig}")
+    assert response.status == 403
+    assert "expired" in (await response.json())["detail"]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../secret.txt",
+        "processos/../../secret.txt",
+        "processos/%2e%2e/%2e%2e/secret.txt",
+        ".meta/processos/x.json",
+        "processos/./x",
+    ],
+)
+async def test_traversal_is_refused_even_when_signed(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any], key: str
+) -> None:
+    secret = fs_storage.root.parent / "secret.txt"
+    secret.write_text("top secret")
+    expires = int(time.time()) + 60
+    sig = fs_storage.sign(key, expires, "")
+    response = await files.get(f"/files/{key}?expires={expires}&sig={sig}")
+    assert response.status in (403, 404)
+    assert b"top secret" not in await response.read()
+
+
+async def test_writer_refuses_keys_outside_the_root(fs_storage: FilesystemStorage) -> None:
+    from pdpj_async.errors import StorageError
+
+    for key in ["../x.pdf", "/etc/passwd", "a//b", "a/.hidden", "a\\b"]:
+        with pytest.raises(StorageError):
+            await fs_storage.open_writer(key, content_type="x/y", filename="x", metadata={})
+    assert not (fs_storage.root.parent / "x.pdf").exists()
+
+
+async def test_public_url_prefixes_download_urls(fs_config: StorageConfig, tmp_path: Path) -> None:
+    storage = await create_storage(fs_config, tmp_path, public_url="https://docs.example/")
+    url = storage.download_url(KEY)
+    assert url.startswith(f"https://docs.example/files/{quote(KEY)}?expires=")
+
+
+async def test_signing_key_is_generated_once_and_private(
+    fs_config: StorageConfig, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    first = await create_storage(fs_config, data_dir)
+    key_file = data_dir / SIGNING_KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    second = await create_storage(fs_config, data_dir)
+    url = first.download_url(KEY, ttl_s=60)
+    assert isinstance(second, FilesystemStorage)
+    expires = int(parse_qs(urlsplit(url).query)["expires"][0])
+    assert parse_qs(urlsplit(url).query)["sig"][0] == second.sign(KEY, expires, "")
+
+    configured = await create_storage(with_changes(fs_config, signing_key="k" * 32), data_dir)
+    assert configured.download_url(KEY, ttl_s=60) != url
+
+
+async def test_sweep_removes_old_temp_files_and_spares_young_ones(
+    fs_storage: FilesystemStorage,
+) -> None:
+    writer = await fs_storage.open_writer(KEY, content_type="x/y", filename="x", metadata={})
+    await writer.write(b"in progress")
+    [temp] = [p for p in fs_storage.root.rglob(".*.tmp")]
+    hour_ago = time.time() - 3600
+    stale = temp.with_name(".crashed.tmp")
+    stale.write_bytes(b"left by a crash")
+    os.utime(stale, (hour_ago, hour_ago))
+
+    assert await fs_storage.sweep(older_than_s=600) == 1
+    assert not stale.exists() and temp.exists()
+    await writer.abort()
+    assert not temp.exists()
