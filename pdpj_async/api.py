@@ -32,6 +32,12 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     rate_limit_burst: int | None = None
 
 
+class JobDetail(JobView, kw_only=True):
+    """A job with its webhook deliveries and their attempts."""
+
+    deliveries: list[webhooks.Delivery]
+
+
 class CreatedKey(msgspec.Struct, kw_only=True):
     """A new key: the only time `key` and `webhook_secret` are shown."""
 
@@ -140,7 +146,8 @@ async def get_job(request: web.Request) -> web.Response:
     jobs = request.app[state.JOBS]
     view = await jobs.get(caller(request), _job_id(request), base_url(request))
     deliveries = await webhooks.deliveries_for_job(request.app[state.POOL], view.job_id)
-    return json_response({**msgspec.to_builtins(view), "deliveries": deliveries})
+    fields = {f: getattr(view, f) for f in view.__struct_fields__}
+    return json_response(JobDetail(**fields, deliveries=deliveries))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -230,7 +237,7 @@ ROUTES: list[Route] = [
         responses={200: JobList})),
     Route("GET", "/api/v1/jobs/{job_id}", get_job, Operation(
         "Get a job", "One job with its webhook deliveries and their attempts.",
-        params=[_JOB], responses={200: JobView})),
+        params=[_JOB], responses={200: JobDetail})),
     Route("POST", "/api/v1/jobs/{job_id}/cancel", cancel_job, Operation(
         "Cancel a job", "Cancels an active job; shared documents keep downloading for others.",
         params=[_JOB], responses={200: JobView, 409: Problem})),

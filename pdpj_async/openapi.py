@@ -68,6 +68,20 @@ def build(routes: list[Route]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, by_type)
+    paths["/api/v1/openapi.json"] = {
+        "get": {
+            "summary": "This document",
+            "description": "The OpenAPI 3.1 description of the API.",
+            "operationId": "openapi",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {

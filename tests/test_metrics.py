@@ -1,0 +1,51 @@
+"""/metrics: Prometheus text the client's own parser reads, moving when work happens."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fixtures.app import Stack
+from tests.fixtures.sandbox import Sandbox
+
+NUMBER = "1011745-77.2025.8.11.0041"
+
+
+async def scrape(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    resp = await stack.client.get("/metrics")
+    assert resp.status == 200 and resp.content_type == "text/plain"
+    samples = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+          **labels: str) -> float:  # fmt: skip
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_parse_and_move_with_work(stack: Stack, sandbox: Sandbox) -> None:
+    before = await scrape(stack)
+    assert value(before, "pdpj_async_token_state", state="valid") == 1.0
+    await sandbox.override(NUMBER, documents=[{"size": 5000}, {"size": 7000}])
+    resp = await stack.get(f"/api/v1/processes/{NUMBER}", stack.keys.user)
+    job = (await resp.json())["job"]
+    await stack.wait_job(job["job_id"], stack.keys.user)
+    after = await scrape(stack)
+    assert value(after, "pdpj_async_downloads_total", outcome="available") == 2.0
+    assert value(after, "pdpj_async_stored_bytes_total") == 12_000.0
+    assert value(after, "pdpj_async_queue_events_total", event="claims") >= 2.0
+    assert value(after, "pdpj_async_upstream_responses_total", status_class="2xx") >= 3.0
+    route = "/api/v1/processes/{number}"
+    requests = value(
+        after,
+        "pdpj_async_http_request_duration_seconds_count",
+        route=route,
+        method="GET",
+        status="202",
+    )
+    assert requests == 1.0
+    durations = value(after, "pdpj_async_download_duration_seconds_count", outcome="available")
+    assert durations == 2.0
+    assert value(after, "pdpj_async_running_downloads") == 0.0
