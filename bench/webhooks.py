@@ -40,11 +40,11 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pdpj_async import db, keys, webhooks  # noqa: E402
-from pdpj_async.config import WebhooksConfig  # noqa: E402
-from pdpj_async.embedded_pg import EmbeddedPostgres  # noqa: E402
-from pdpj_async.logs import configure  # noqa: E402
-from pdpj_async.sender import Sender  # noqa: E402
+from pdpj_async import db, keys, webhooks
+from pdpj_async.config import WebhooksConfig
+from pdpj_async.embedded_pg import EmbeddedPostgres
+from pdpj_async.logs import configure
+from pdpj_async.sender import Sender
 
 SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 CONCURRENCY = 16

@@ -168,6 +168,8 @@ async def download_document(request: web.Request) -> web.Response:
     """Redirect to a fresh signed URL of an available document."""
     caller(request)
     uuid = request.match_info["uuid"]
+    if len(uuid) > 100 or "\x00" in uuid:
+        raise NotFound("no such document")
     row = await request.app[state.POOL].fetchrow(_PROC["available_document_by_uuid"], uuid)
     if row is None:
         raise NotFound(f"no available document {uuid[:64]!r}")
@@ -256,6 +258,13 @@ ROUTES: list[Route] = [
         "Revoke an API key", "Admin only.",
         params=[Param("key_id", "path", "key id", "integer")], responses={200: KeyInfo})),
 ]  # fmt: skip
+
+
+def all_routes() -> list[Route]:
+    """Every documented route: this module's and the webhook endpoints'."""
+    from . import webhook_routes
+
+    return [*ROUTES, *webhook_routes.ROUTES]
 
 
 def setup_routes(app: web.Application) -> None:

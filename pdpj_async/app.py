@@ -20,6 +20,7 @@ from . import (
     state,
     storage,
     storage_fs,
+    webhook_routes,
     webhooks,
 )
 from .config import Config, resolved_data_dir
@@ -93,20 +94,9 @@ def create_app(
         app.cleanup_ctx.append(sender_ctx)
     api.setup_routes(app)
     storage_fs.setup_routes(app)
-    webhooks_routes(app)
-    openapi.setup_routes(app, api.ROUTES)
+    webhook_routes.setup_routes(app, resolver=url_guard.resolver if url_guard else None)
+    openapi.setup_routes(app, api.all_routes())
     return app
-
-
-def webhooks_routes(app: web.Application) -> None:
-    """The webhook endpoints (redeliver, ping, the built-in test receiver)."""
-    import importlib
-
-    try:  # TEMPORARY until webhook_routes lands
-        module = importlib.import_module("pdpj_async.webhook_routes")
-    except ImportError:
-        return
-    module.setup_routes(app)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -13,6 +13,7 @@ from . import keys, queries, state, webhooks
 from .errors import AuthError, InvalidRequest, NotFound
 from .keys import ApiKey
 from .middleware import caller, presented_key
+from .openapi import Operation, Param, Route
 from .sender import WebhookClient
 from .ssrf import Resolver
 
@@ -48,6 +49,12 @@ class TestReceiverAnswer(msgspec.Struct, kw_only=True):
     webhook_timestamp: str | None
     webhook_attempt: str | None
     body: Any
+
+
+class Inbox(msgspec.Struct, kw_only=True):
+    """What the built-in test receiver got (signed with the caller's secret; admins: all)."""
+
+    messages: list[webhooks.ReceivedWebhook]
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -159,7 +166,7 @@ async def list_test(request: web.Request) -> web.Response:
     if key is None:
         raise AuthError("listing received webhooks needs an API key")
     inbox = request.app[state.WEBHOOK_TEST_INBOX]
-    return _json({"messages": inbox.visible_to(None if key.is_admin else key.id)})
+    return _json(Inbox(messages=inbox.visible_to(None if key.is_admin else key.id)))
 
 
 def client_ctx(
@@ -184,7 +191,22 @@ def setup_routes(app: web.Application, *, resolver: Resolver | None = None) -> N
     keep = app[state.CONFIG].webhooks.test_receiver_keep
     app[state.WEBHOOK_TEST_INBOX] = webhooks.TestInbox(keep)
     app.cleanup_ctx.append(client_ctx(resolver))
-    app.router.add_post("/api/v1/webhook-deliveries/{id}/redeliver", redeliver)
-    app.router.add_post("/api/v1/webhooks/ping", ping)
-    app.router.add_post("/api/v1/webhooks/webhook-test", receive_test)
-    app.router.add_get("/api/v1/webhooks/webhook-test", list_test)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+
+
+ROUTES: list[Route] = [
+    Route("POST", "/api/v1/webhook-deliveries/{id}/redeliver", redeliver, Operation(
+        "Redeliver a webhook", "Queues a fresh round of attempts with the same webhook-id.",
+        params=[Param("id", "path", "delivery id (the webhook-id)")],
+        responses={202: webhooks.Delivery})),
+    Route("POST", "/api/v1/webhooks/ping", ping, Operation(
+        "Ping a webhook URL", "Sends a signed `ping` event to the URL and reports the answer.",
+        body=PingRequest, responses={200: PingResult})),
+    Route("POST", "/api/v1/webhooks/webhook-test", receive_test, Operation(
+        "Built-in test receiver", "Verifies the signature when it can and echoes what it got.",
+        responses={200: TestReceiverAnswer}, public=True)),
+    Route("GET", "/api/v1/webhooks/webhook-test", list_test, Operation(
+        "Messages the test receiver got", "Those signed with the caller's secret; admins: all.",
+        responses={200: Inbox})),
+]  # fmt: skip

@@ -83,3 +83,19 @@ async def test_responses_match_the_document(
         headers={"Authorization": f"Bearer {admin.key}"},
     )
     check(spec, "/api/v1/admin/api-keys/{key_id}", "delete", resp.status, await resp.json())
+
+
+def test_postman_collection_is_generated_from_the_current_document() -> None:
+    from pathlib import Path
+
+    import msgspec
+
+    from pdpj_async import api, openapi, postman
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "pdpj-async.postman_collection.json"
+    expected = postman.collection(openapi.build(api.all_routes()))
+    assert msgspec.json.decode(committed.read_bytes()) == msgspec.to_builtins(expected), (
+        "regenerate: python -m pdpj_async.postman > docs/pdpj-async.postman_collection.json"
+    )
+    names = {item["name"] for folder in expected["item"] for item in folder["item"]}
+    assert {"Request a process", "Status of a process", "Ping a webhook URL"} <= names

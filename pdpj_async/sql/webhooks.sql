@@ -74,21 +74,24 @@ RETURNING d.id, d.job_id, d.url, d.event_type, d.payload, d.attempts, d.round_at
           extract(epoch FROM now() - k.secret_rotated_at)::float8 AS rotated_s_ago;
 
 -- name: finish_attempt
--- Guarded by the lease: a redelivery or a takeover since the claim makes this write a no-op.
-UPDATE pdpj.webhook_deliveries
-SET status = $3,
-    next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4)
-                           ELSE next_attempt_at END,
-    lease_owner = NULL, lease_expires_at = NULL,
-    last_status_code = $5, last_error = $6, updated_at = now(),
-    delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END
-WHERE id = $1 AND lease_owner = $2
-RETURNING id;
-
--- name: insert_attempt
+-- Record the attempt and move the delivery on, in one statement. The update is guarded by the
+-- lease: a redelivery or a takeover since the claim makes it a no-op and the attempt 'stale'.
+WITH finished AS (
+    UPDATE pdpj.webhook_deliveries
+    SET status = $3,
+        next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4)
+                               ELSE next_attempt_at END,
+        lease_owner = NULL, lease_expires_at = NULL,
+        last_status_code = $5, last_error = $6, updated_at = now(),
+        delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END
+    WHERE id = $1 AND lease_owner = $2
+    RETURNING id
+)
 INSERT INTO pdpj.webhook_attempts (delivery_id, attempt, status_code, latency_ms, outcome,
                                    error, response_body)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+SELECT $1, $7, $5, $8,
+       CASE WHEN EXISTS (SELECT 1 FROM finished) THEN $9::text ELSE 'stale' END, $6, $10
+RETURNING outcome;
 
 -- name: release_lease
 -- Shutdown: hand unfinished attempts back at once instead of waiting out the lease.

@@ -43,7 +43,7 @@ async def test_quick_start_commands_work_verbatim(
     env["PDPJ_ASYNC__DAEMON__DATA_DIR"] = str(tmp_path / "data")
     env["PDPJ_ASYNC__LOGGING__FORMAT"] = "json"
     log = (tmp_path / "dev.log").open("wb")
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - read line by line in a thread
         [sys.executable, "-m", "pdpj_async", "dev", "--port", str(port),
          "--sandbox-port", str(sandbox_port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log,
