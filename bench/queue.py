@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named queue.py: keep its directory off the path so that the stdlib queue wins.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+# This file is named queue.py: its directory must not shadow the stdlib queue module.
+sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import asyncio
@@ -23,7 +22,7 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
@@ -153,8 +152,7 @@ class Raw:
             size = min(n, start + batch) - start
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute(
-                    "INSERT INTO raw_queue (payload) SELECT '{}' FROM generate_series(1, $1);"
-                    "",
+                    "INSERT INTO raw_queue (payload) SELECT '{}' FROM generate_series(1, $1);",
                     size,
                 )
                 await conn.execute("SELECT pg_notify('raw_queue', '')")
@@ -180,7 +178,9 @@ class Raw:
                     if not rows:
                         waiter = asyncio.ensure_future(wake.wait())
                         stopper = asyncio.ensure_future(stop.wait())
-                        await asyncio.wait({waiter, stopper}, timeout=5, return_when="FIRST_COMPLETED")
+                        await asyncio.wait(
+                            {waiter, stopper}, timeout=5, return_when="FIRST_COMPLETED"
+                        )
                         waiter.cancel()
                         stopper.cancel()
                         continue
@@ -264,9 +264,7 @@ async def _bench_on(server: EmbeddedPostgres, args: argparse.Namespace) -> dict[
     await admin.close()
     dsns = {name: server.dsn_for(f"bench_{name}") for name in ("ours", "pgqueuer", "raw")}
     await db.migrate(dsns["ours"])
-    pools = {
-        name: await db.create_pool(dsn, min_size=2, max_size=20) for name, dsn in dsns.items()
-    }
+    pools = {name: await db.create_pool(dsn, min_size=2, max_size=20) for name, dsn in dsns.items()}
     await Queries(AsyncpgPoolDriver(pools["pgqueuer"])).install()
     async with pools["raw"].acquire() as conn:
         await Raw.install(conn)
@@ -304,7 +302,8 @@ def report(results: dict[str, dict[str, float]]) -> None:
     ours, pgq, raw = results["ours"], results["pgqueuer"], results["raw"]
     print()
     for key in keys[:3]:
-        print(f"{key}: ours/pgqueuer {ours[key] / pgq[key]:.2f}x, ours/raw {ours[key] / raw[key]:.2f}x")
+        vs_pgq, vs_raw = ours[key] / pgq[key], ours[key] / raw[key]
+        print(f"{key}: ours/pgqueuer {vs_pgq:.2f}x, ours/raw {vs_raw:.2f}x")
     print(
         f"pickup p50 {ours['pickup_p50_ms']:.2f} ms (target <= 3), "
         f"p99 {ours['pickup_p99_ms']:.2f} ms (target <= 5)"

@@ -32,5 +32,8 @@ CREATE UNIQUE INDEX queue_kind_ref ON pdpj.queue (kind, ref);
 -- Free rows in claim order: the claim reads the head of this index and stops after n rows,
 -- so it stays an index scan however many rows wait.
 CREATE INDEX queue_claimable ON pdpj.queue (priority DESC, run_at, id) WHERE lease_owner IS NULL;
--- Leased rows by expiry: the rescue of expired leases reads only the head of this index.
-CREATE INDEX queue_leased ON pdpj.queue (lease_expires_at) WHERE lease_owner IS NOT NULL;
+-- Leased rows by expiry: the rescue of expired leases reads only the head of this index (free
+-- rows hold NULL and sort last). Not a partial index on purpose: with stale statistics a tiny
+-- partial index looks like the cheapest way to find "lease_owner = $1" rows, and the guarded
+-- batch writes would scan every leased row instead of looking ids up by primary key.
+CREATE INDEX queue_leased ON pdpj.queue (lease_expires_at);

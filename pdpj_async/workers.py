@@ -39,6 +39,8 @@ FinalFailureHook = Callable[[Connection, Task, str], Awaitable[None]]
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
+# Rows deleted by one completion statement, so that none runs long.
+_COMPLETE_BATCH_MAX = 1000
 # How long start() waits for LISTEN before relying on the poll alone.
 _LISTEN_START_TIMEOUT_S = 10.0
 
@@ -255,9 +257,9 @@ class WorkerPool:
             if not backlog:
                 await self._wait_wake(self.config.poll_interval_s)
 
-    async def _wait_wake(self, timeout: float) -> None:
+    async def _wait_wake(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.wait_for(self._wake.wait(), seconds)
 
     def _dispatch(self) -> None:
         """Start claimed tasks while workers are free."""
@@ -385,7 +387,8 @@ class WorkerPool:
     async def _complete_pending(self, conn: Connection | None = None) -> None:
         async with self._completing:
             while self._to_complete:
-                batch, self._to_complete = self._to_complete, []
+                batch = self._to_complete[:_COMPLETE_BATCH_MAX]
+                del self._to_complete[:_COMPLETE_BATCH_MAX]
                 try:
                     done = await self.queue.complete_many(batch, conn=conn)
                 except BaseException:

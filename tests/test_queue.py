@@ -1,4 +1,4 @@
-"""The queue's SQL: enqueue in the caller's transaction, leases that fence stale writers, retries."""
+"""The queue's SQL: enqueue in the caller's transaction, leases fencing stale writers, retries."""
 
 from __future__ import annotations
 

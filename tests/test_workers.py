@@ -1,4 +1,4 @@
-"""The worker pool against real PostgreSQL: exclusive runs, rescue, retries, stop, NOTIFY, cancel."""
+"""The worker pool on real PostgreSQL: exclusive runs, rescue, retries, stop, NOTIFY, cancel."""
 
 from __future__ import annotations
 
@@ -64,8 +64,8 @@ async def rows(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT ref, attempts, lease_owner, run_at FROM pdpj.queue")
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
+async def eventually(check: Callable[[], bool], within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
         while not check():
             await asyncio.sleep(0.01)
 

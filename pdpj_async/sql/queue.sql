@@ -1,5 +1,6 @@
 -- The work table pdpj.queue. Every write of a leased row is guarded by (lease_owner, attempts):
 -- a claim bumps attempts, so a worker whose lease expired and was taken over matches nothing.
+-- Batch statements join unnest(ids, attempts) to the primary key: one index probe per id.
 
 -- name: enqueue
 -- One row; the NOTIFY is sent on commit, and only when a row was really inserted.
