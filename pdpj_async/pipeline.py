@@ -100,6 +100,8 @@ class Downloader:
         except (UpstreamTransient, StorageError) as exc:
             self._count("retry", started)
             log_.info("download_retry", error=str(exc), attempt=task.attempts)
+            # Waiting for the retry, the document is pending again and says why.
+            await self._release_document(document_id, f"retrying after: {exc}")
             raise RetryLater(str(exc), delay=getattr(exc, "retry_after", None)) from exc
         except (UpstreamPermanent, UpstreamNotFound, ContentMismatch) as exc:
             self._count("failed", started)
@@ -156,10 +158,10 @@ class Downloader:
     async def _give_back(self, task: Task) -> None:
         await self._release_document(int(task.ref))
 
-    async def _release_document(self, document_id: int) -> None:
+    async def _release_document(self, document_id: int, error: str | None = None) -> None:
         try:
             async with transaction(self._pool) as conn:
-                await states.document_released(conn, document_id)
+                await states.document_released(conn, document_id, error)
         except (OSError, asyncpg.PostgresError) as exc:
             # Still processing in the table; the next claim of its row re-asserts it anyway.
             log.warning("document_release_failed", document_id=document_id, error=str(exc))

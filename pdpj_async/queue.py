@@ -177,7 +177,7 @@ class Queue:
         raises LeaseLost when the row was taken over.
         """
         executor = conn if conn is not None else self.pool
-        final = permanent or task.attempts >= task.max_attempts
+        final = self.is_final(task, permanent)
         if final:
             done = await executor.fetchval(
                 _SQL["complete"], task.id, task.lease_owner, task.attempts
@@ -190,6 +190,11 @@ class Queue:
         if done is None:
             raise LeaseLost(f"queue row {task.id} ({task.kind}) is no longer leased by this worker")
         return final
+
+    @staticmethod
+    def is_final(task: Task, permanent: bool = False) -> bool:
+        """Whether failing this attempt ends the row (permanent, or attempts exhausted)."""
+        return permanent or task.attempts >= task.max_attempts
 
     def backoff(self, attempts: int) -> float:
         """Seconds before the next attempt: exponential in attempts, full jitter, capped."""

@@ -48,8 +48,14 @@ async def transition_document(
     sha256: str | None = None,
     storage_key: str | None = None,
     mime_type: str | None = None,
+    new_attempt: bool = False,
 ) -> bool:
-    """Move a document to `to` if its status allows; False when the guard refused it."""
+    """Move a document to `to` if its status allows; False when the guard refused it.
+
+    `new_attempt` (only with `to="processing"`) counts a download attempt and restamps its start.
+    """
+    if new_attempt and to != "processing":
+        raise InvalidTransition(f"document: a new attempt cannot move it to {to}")
     allowed = DOCUMENT_TRANSITIONS[to]
     if only_from is not None:
         if not set(only_from) <= allowed:
@@ -65,6 +71,7 @@ async def transition_document(
         sha256,
         storage_key,
         mime_type,
+        new_attempt,
     )
     return row is not None
 
@@ -94,7 +101,7 @@ async def refresh_jobs_of_document(
 
 async def document_started(conn: Connection, document_id: int) -> bool:
     """A worker begins the download; its jobs become processing. False if refused."""
-    if not await transition_document(conn, document_id, "processing"):
+    if not await transition_document(conn, document_id, "processing", new_attempt=True):
         return False
     await refresh_jobs_of_document(conn, document_id, None)
     return True
@@ -128,9 +135,11 @@ async def document_finished(
     return changed
 
 
-async def document_released(conn: Connection, document_id: int) -> bool:
-    """Give a document back to the queue (shutdown, expired token): processing → pending."""
-    return await transition_document(conn, document_id, "pending", only_from=["processing"])
+async def document_released(conn: Connection, document_id: int, error: str | None = None) -> bool:
+    """Give a document back to the queue (shutdown, token, retry wait): processing → pending."""
+    return await transition_document(
+        conn, document_id, "pending", only_from=["processing"], error=error
+    )
 
 
 async def cancel_job(

@@ -165,8 +165,20 @@ def list_documents(raw: dict[str, Any]) -> list[UpstreamDocument]:
     return sorted(by_uuid.values(), key=lambda d: (d.sequence is None, d.sequence or 0, d.uuid))
 
 
+def scrub(value: Any) -> Any:
+    """The payload without NUL characters, which PostgreSQL refuses in text and jsonb."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
 def parse_process(raw: dict[str, Any], number: ProcessNumber | None = None) -> UpstreamProcess:
-    """Build an UpstreamProcess from one details object."""
+    """Build an UpstreamProcess from one details object (NUL characters dropped)."""
+    raw = scrub(raw)
     instances = _instances(raw)
     current = instances[0] if instances else {}
     movement_source = next((t for t in instances if t.get("movimentos")), current)

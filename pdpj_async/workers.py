@@ -336,11 +336,13 @@ class WorkerPool:
         wait = self.queue.backoff(task.attempts) if delay is None else max(0.0, delay)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
+                # Domain rows before the queue row: the lock order of every transaction that
+                # touches both (a request holding a document's lock may be enqueueing its row).
+                if reg.on_final_failure is not None and self.queue.is_final(task, permanent):
+                    await reg.on_final_failure(conn, task, error)
                 final = await self.queue.fail(
                     task, error, delay=wait, permanent=permanent, conn=conn
                 )
-                if final and reg.on_final_failure is not None:
-                    await reg.on_final_failure(conn, task, error)
         except LeaseLost:
             self.stats.leases_lost += 1
             log.warning("queue_lease_lost", kind=task.kind, ref=task.ref)

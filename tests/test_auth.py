@@ -100,5 +100,8 @@ async def test_health_and_readiness(aiohttp_client: Any, config: Config) -> None
     resp = await client.get("/healthz")
     assert resp.status == 200
     resp = await client.get("/readyz")
-    assert resp.status == 200 and (await resp.json())["checks"]["database"] == "ok"
+    checks = (await resp.json())["checks"]
+    assert checks["database"] == "ok" and checks["storage"] == "ok"
+    # No PDPJ token is configured here: the daemon is up but cannot work, and says why.
+    assert resp.status == 503 and "missing" in checks["pdpj_token"]
     assert resp.headers["X-Request-ID"]

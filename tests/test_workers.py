@@ -175,15 +175,18 @@ async def test_retries_stop_at_max_attempts_and_the_final_failure_is_one_transac
         raise ConnectionResetError(f"reset on attempt {task.attempts}")
 
     async def on_final_failure(conn: Connection, task: Task, error: str) -> None:
-        # Inside the deleting transaction, the row is already gone.
-        left = await conn.fetchval("SELECT count(*) FROM pdpj.queue WHERE id = $1", task.id)
+        # Inside the deleting transaction, before the delete (domain rows are locked first):
+        # the row is still there, leased to us; it goes in the same commit.
+        left = await conn.fetchval(
+            "SELECT count(*) FROM pdpj.queue WHERE id = $1 AND lease_owner IS NOT NULL", task.id
+        )
         finals.append((task.attempts, error, left, conn.is_in_transaction()))
 
     async with running_pool(pool, db_dsn, handler, on_final_failure=on_final_failure) as workers:
         await eventually(lambda: bool(finals))
         assert (workers.stats.retries, workers.stats.final_failures) == (2, 1)
     assert attempts == [1, 2, 3]
-    assert finals == [(3, "ConnectionResetError: reset on attempt 3", 0, True)]
+    assert finals == [(3, "ConnectionResetError: reset on attempt 3", 1, True)]
     assert await rows(pool) == []
 
 

@@ -1,0 +1,317 @@
+"""The download pipeline against the seed's approach and the store's own limit, per backend.
+
+For documents of 1 MiB, 64 MiB and 1 GiB served by the sandbox PDPJ (its own process), each
+case runs in a fresh subprocess, so that its peak RSS (ru_maxrss) is that case's alone:
+
+- ours:  the Downloader's transfer path, PdpjClient.stream_document → storage writer
+         (S3 multipart with parts in flight, or temp file + fsync + rename), verified;
+- seed:  the seed's way: download to a temp file, read it whole into memory, one PUT with
+         the same aiobotocore client (filesystem: one write of the whole file, fsync);
+- limit: the same bytes PUT from memory to the same store with the same client (filesystem:
+         one write from memory, fsync); the bytes are made before the clock starts.
+
+S3 is moto's server in its own process; objects are deleted between cases.
+
+    .venv/bin/python -P bench/pipeline.py [--sizes 1MiB,64MiB,1GiB] [--out ...]
+
+(-P keeps bench/ off sys.path, where bench/queue.py would shadow the stdlib module.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+SIZES = {"1MiB": MIB, "64MiB": 64 * MIB, "1GiB": 1024 * MIB}
+METHODS = ("ours", "seed", "limit")
+NUMBER = "10117457720258110041"
+TOKEN = "bench-token"
+BUCKET = "bench"
+ACCESS = "bench"
+SECRET = "bench-secret"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@contextmanager
+def service(argv: list[str], probe: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(probe)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def storage_section(backend: str, s3_url: str, root: str) -> dict[str, Any]:
+    if backend == "s3":
+        return {
+            "backend": "s3",
+            "endpoint_url": s3_url,
+            "bucket": BUCKET,
+            "access_key_id": ACCESS,
+            "secret_access_key": SECRET,
+            "addressing_style": "path",
+        }
+    return {"backend": "filesystem", "root": root}
+
+
+# ---- one case, in its own process ----
+
+
+async def run_case(args: argparse.Namespace) -> dict[str, float]:
+    import aiohttp
+
+    from pdpj_async.config import decode_config
+    from pdpj_async.pipeline import Downloader
+    from pdpj_async.sandbox_data import document_chunks
+    from pdpj_async.storage import create_storage
+    from pdpj_async.storage_fs import FilesystemStorage
+    from pdpj_async.storage_s3 import S3Storage
+    from pdpj_async.tokens import TokenProvider
+    from pdpj_async.upstream import PdpjClient
+    from pdpj_async.workers import Gate
+
+    config = decode_config(
+        {
+            "daemon": {"data_dir": args.data_dir},
+            "pdpj": {"base_url": args.sandbox + "/api/v2", "token": TOKEN},
+            "storage": storage_section(args.backend, args.s3, args.root),
+        }
+    )
+    store = await create_storage(config.storage, Path(args.data_dir))
+    key = f"processos/{NUMBER}/documentos/{args.uuid}/documento.pdf"
+    href = f"/processos/{NUMBER}/documentos/{args.uuid}/binario"
+    size = args.size
+    try:
+        if args.method == "limit":
+            # Made before the clock starts: the limit is the store alone.
+            data = b"".join(document_chunks(args.uuid, size, "application/pdf"))
+            started = time.perf_counter()
+            await put_whole(store, key, data)
+        elif args.method == "seed":
+            started = time.perf_counter()
+            with tempfile.NamedTemporaryFile(dir=args.data_dir) as tmp:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(
+                        args.sandbox + "/api/v2" + href,
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    ) as resp,
+                ):
+                    async for chunk in resp.content.iter_chunked(1024 * 1024):
+                        tmp.write(chunk)
+                tmp.flush()
+                tmp.seek(0)
+                data = tmp.read()
+            await put_whole(store, key, data)
+        else:
+            tokens = TokenProvider(TOKEN)
+            async with PdpjClient(config.pdpj, tokens) as upstream:
+                downloader = Downloader(
+                    None,  # type: ignore[arg-type]  # the transfer path touches no database
+                    None,  # type: ignore[arg-type]
+                    upstream,
+                    store,
+                    tokens,
+                    Gate(),
+                    config,
+                )
+                doc = {
+                    "href": href,
+                    "mime_type": "application/pdf",
+                    "declared_size": size,
+                    "name": "documento.pdf",
+                    "uuid": args.uuid,
+                    "process_number": NUMBER,
+                }
+                started = time.perf_counter()
+                stored, _ = await downloader._transfer(doc, key)  # type: ignore[arg-type]
+                assert stored.size == size and stored.sha256 == args.sha256, stored
+        elapsed = time.perf_counter() - started
+    finally:
+        await store.close()
+    if isinstance(store, FilesystemStorage):
+        landed = store.path_of(key)
+        assert landed is not None and landed.stat().st_size == size
+    else:
+        assert isinstance(store, S3Storage)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "mb_per_s": round(size / 1e6 / elapsed, 1),
+        "peak_rss_mb": round(peak_kib * 1024 / 1e6, 1),
+        "seconds": round(elapsed, 3),
+    }
+
+
+async def put_whole(store: Any, key: str, data: bytes) -> None:
+    """One PUT of bytes held in memory (S3), or one write + fsync (filesystem)."""
+    from pdpj_async.storage_s3 import S3Storage
+
+    if isinstance(store, S3Storage):
+        await store.client.put_object(Bucket=BUCKET, Key=key, Body=data)
+        return
+    path = store.path_of(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    await asyncio.to_thread(write)
+
+
+# ---- the driver ----
+
+
+def run_child(args: argparse.Namespace, backend: str, method: str, uuid: str, size: int,
+              sha256: str, s3_url: str, root: str, data_dir: str) -> dict[str, float]:  # fmt: skip
+    argv = [
+        sys.executable, "-P", __file__, "--child", "--method", method, "--backend", backend,
+        "--uuid", uuid, "--size", str(size), "--sha256", sha256, "--sandbox", args.sandbox,
+        "--s3", s3_url, "--root", root, "--data-dir", data_dir,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{backend}/{method}/{size} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def clear(backend: str, s3: Any, root: Path) -> None:
+    if backend == "s3":
+        listed = s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+        for obj in listed:
+            s3.delete_object(Bucket=BUCKET, Key=obj["Key"])
+        for upload in s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []):
+            s3.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default=",".join(SIZES))
+    parser.add_argument("--backends", default="s3,fs")
+    parser.add_argument("--out", default=str(ROOT / "bench/results/pipeline.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    for name in ("method", "backend", "uuid", "size", "sha256", "sandbox", "s3", "root",
+                 "data-dir"):  # fmt: skip
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.size = int(args.size)
+        print(json.dumps(asyncio.run(run_case(args))))
+        return 0
+
+    import boto3
+    import msgspec
+
+    from pdpj_async.sandbox_data import document_sha256
+
+    sizes = {name: SIZES[name] for name in args.sizes.split(",")}
+    sandbox_port, s3_port = free_port(), free_port()
+    args.sandbox = f"http://127.0.0.1:{sandbox_port}"
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    sandbox_argv = [sys.executable, "-m", "pdpj_async", "sandbox", "--port", str(sandbox_port),
+                    "--token", TOKEN]  # fmt: skip
+    moto_argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)]
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="pdpj-bench-") as tmp,
+        service(sandbox_argv, args.sandbox + "/_sandbox/stats"),
+        service(moto_argv, s3_url),
+    ):
+        import urllib.request
+
+        docs = [{"size": size, "name": f"doc-{name}.pdf"} for name, size in sizes.items()]
+        request = urllib.request.Request(
+            args.sandbox + "/_sandbox/processes",
+            data=msgspec.json.encode({"number": NUMBER, "documents": docs}),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request) as resp:
+            served = json.loads(resp.read())["documents"]
+        s3 = boto3.client(
+            "s3", endpoint_url=s3_url, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )  # fmt: skip
+        s3.create_bucket(Bucket=BUCKET)
+        root, data_dir = Path(tmp, "objects"), Path(tmp, "data")
+        data_dir.mkdir()
+        for backend in args.backends.split(","):
+            results[backend] = {}
+            for (name, size), doc in zip(sizes.items(), served, strict=True):
+                sha256 = document_sha256(doc["uuid"], size, "application/pdf")
+                results[backend][name] = {}
+                for method in METHODS:
+                    clear(backend, s3, root)
+                    figures = run_child(args, backend, method, doc["uuid"], size, sha256, s3_url,
+                                        str(root), str(data_dir))  # fmt: skip
+                    results[backend][name][method] = figures
+                    print(f"{backend:3} {name:6} {method:6} {figures['mb_per_s']:8.1f} MB/s "
+                          f"{figures['peak_rss_mb']:7.1f} MB peak RSS", flush=True)  # fmt: skip
+                clear(backend, s3, root)
+    report = {
+        backend: {
+            name: {
+                m: {"mb_per_s": r["mb_per_s"], "peak_rss_mb": r["peak_rss_mb"]}
+                for m, r in by_method.items()
+            }
+            for name, by_method in by_size.items()
+        }
+        for backend, by_size in results.items()
+    }
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    for backend, by_size in report.items():
+        for name, by_method in by_size.items():
+            ratio = by_method["ours"]["mb_per_s"] / by_method["limit"]["mb_per_s"]
+            print(f"{backend} {name}: ours/limit throughput = {ratio:.2f}")
+    print("python", platform.python_version(), "cpus", os.cpu_count())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
