@@ -31,7 +31,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) -P bench/run_all.py $(BENCH)
 
 soak: install
 	$(PY) -m pytest -m soak tests/system $(PYTEST_ARGS)
