@@ -92,6 +92,17 @@ async def _cmd_keys(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+async def _cmd_ops(args: argparse.Namespace, config: Config) -> int:
+    from . import ops
+
+    async with _database(config) as pool:
+        if args.command == "jobs":
+            _print_json(await ops.run_jobs(args, config, pool))
+        else:
+            _print_json(await ops.run_deliveries(args, config, pool))
+    return 0
+
+
 async def _cmd_dev(args: argparse.Namespace, config: Config) -> int:
     from . import dev
 
@@ -163,6 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     rotate = keys_sub.add_parser("rotate-secret", help="issue a new webhook signing secret")
     rotate.add_argument("id", type=int)
     keys_p.set_defaults(func=_cmd_keys)
+
+    from . import ops
+
+    ops.add_parsers(sub)
+    sub.choices["jobs"].set_defaults(func=_cmd_ops)
+    sub.choices["deliveries"].set_defaults(func=_cmd_ops)
 
     sandbox_p = sub.add_parser("sandbox", help="run a local PDPJ look-alike")
     sandbox_p.add_argument("--host", default="127.0.0.1")
