@@ -183,7 +183,8 @@ async def test_retries_stop_at_max_attempts_and_the_final_failure_is_one_transac
         finals.append((task.attempts, error, left, conn.is_in_transaction()))
 
     async with running_pool(pool, db_dsn, handler, on_final_failure=on_final_failure) as workers:
-        await eventually(lambda: bool(finals))
+        # The hook runs before the commit; the counters move after it.
+        await eventually(lambda: bool(finals) and workers.stats.final_failures == 1)
         assert (workers.stats.retries, workers.stats.final_failures) == (2, 1)
     assert attempts == [1, 2, 3]
     assert finals == [(3, "ConnectionResetError: reset on attempt 3", 1, True)]
