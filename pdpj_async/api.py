@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -28,8 +30,9 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
     name: str = msgspec.field()
     role: Literal["admin", "user"] = "user"
-    rate_limit_per_s: float | None = None
-    rate_limit_burst: int | None = None
+    # Bounded: the columns are a double and a 32-bit integer.
+    rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
+    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 class JobDetail(JobView, kw_only=True):
@@ -98,17 +101,75 @@ async def get_process(request: web.Request) -> web.Response:
     return json_response(response, status=202 if response.job is not None else 200)
 
 
+class SharedReads:
+    """Identical concurrent reads share one: a request joins the next read to *start*.
+
+    Many clients poll the same process's status; while one read is running, the requests that
+    arrive wait for a single next read (started once the running one ends) and all get its
+    answer. A request never gets an answer read before it arrived, so it sees every write
+    committed before it was made, as if it had read alone.
+    """
+
+    def __init__(self) -> None:
+        self._queued: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._running: dict[Hashable, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def read(self, key: Hashable, produce: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The answer of a read of `key` started after this call; raises what `produce` raises."""
+        future = self._queued.get(key)
+        if future is None:
+            future = self._queued[key] = asyncio.get_running_loop().create_future()
+            # Marks a failure as seen even when every waiter has gone away.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            task = asyncio.create_task(self._run(key, future, produce), name="shared-read")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # A waiter that goes away (client disconnect) must not cancel the others' read.
+        return await asyncio.shield(future)
+
+    async def _run(
+        self, key: Hashable, future: asyncio.Future[bytes], produce: Callable[[], Awaitable[bytes]]
+    ) -> None:
+        try:
+            running = self._running.get(key)
+            if running is not None:
+                await asyncio.wait([running])
+        finally:
+            del self._queued[key]
+        self._running[key] = future
+        try:
+            future.set_result(await produce())
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:  # handed to every waiter
+            future.set_exception(exc)
+        finally:
+            del self._running[key]
+
+
+SHARED_READS = web.AppKey("shared_reads", SharedReads)
+
+
 async def get_status(request: web.Request) -> web.Response:
     """The documents of a process with their states and fresh download URLs."""
     storage = request.app[state.STORAGE]
+    who = caller(request)
+    number = _process_number(request)
+    base = base_url(request)
 
     def sign(key: str, name: str) -> str:
         return storage.download_url(key, filename=name)
 
-    view = await request.app[state.JOBS].process_status(
-        caller(request), _process_number(request), base_url(request), sign
-    )
-    return json_response(view)
+    async def produce() -> bytes:
+        view = await request.app[state.JOBS].process_status(who, number, base, sign)
+        return _encode(view)
+
+    # What a caller sees depends on who it is (its own latest job; an admin's: anyone's).
+    scope = None if who.is_admin else who.id
+    body = await request.app[SHARED_READS].read((number.digits, scope, base), produce)
+    return web.Response(body=body, content_type=JSON)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -269,5 +330,6 @@ def all_routes() -> list[Route]:
 
 def setup_routes(app: web.Application) -> None:
     """Mount the API routes."""
+    app[SHARED_READS] = SharedReads()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)

@@ -20,6 +20,7 @@ from .logs import get_logger
 
 log = get_logger(__name__)
 
+
 def _migrations_dir() -> Path:
     # Installed, the top-level migrations/ ship as pdpj_async/migrations; in a checkout they are
     # beside the package.

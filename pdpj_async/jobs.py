@@ -180,14 +180,18 @@ class JobService:
         self, caller: ApiKey, number: cnj.ProcessNumber, base_url: str, sign: UrlSigner
     ) -> StatusView:
         """Every document of a process with its state, and the caller's latest job for it."""
-        process = await self._pool.fetchrow(_PROC["get_process"], number.digits)
-        if process is None:
-            raise NotFound(f"process {number.masked} has not been requested yet")
-        docs = await self._pool.fetch(_PROC["documents_of_process"], process["id"])
-        latest = await self._pool.fetchval(
-            _JOBS["latest_job_for_process"], process["id"], None if caller.is_admin else caller.id
-        )
-        job = await self.get(caller, latest, base_url) if latest is not None else None
+        # Two round trips on one connection: the process with the caller's latest job, then
+        # the documents (a status poll is the API's most frequent call).
+        async with self._pool.acquire() as conn:
+            process = await conn.fetchrow(
+                _JOBS["process_with_latest_job"],
+                number.digits,
+                None if caller.is_admin else caller.id,
+            )
+            if process is None:
+                raise NotFound(f"process {number.masked} has not been requested yet")
+            docs = await conn.fetch(_PROC["documents_of_process"], process["process_id"])
+        job = job_view(process, base_url) if process["id"] is not None else None
         views = [_document_view(d, sign) for d in docs]
         total = len(views)
         completed = sum(1 for d in views if d.status == "available")

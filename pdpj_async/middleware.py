@@ -6,6 +6,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import structlog
 from aiohttp import web
 
@@ -66,6 +67,13 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Turn domain errors and aiohttp's HTTP errors into RFC 9457 problem documents."""
     rid = request_id(request)
     try:
+        config = request.app.get(state.CONFIG)
+        length = request.content_length
+        if config is not None and length is not None and length > config.http.max_body_bytes:
+            # Refused before any handler acts, also on routes that would never read the body.
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=config.http.max_body_bytes, actual_size=length
+            )
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -79,6 +87,19 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 500, "internal-error", "Internal error", "see the logs", request_id=rid
             )
         return response
+    except (
+        asyncpg.CharacterNotInRepertoireError,
+        asyncpg.UntranslatableCharacterError,
+    ):
+        # Client text PostgreSQL cannot hold (a NUL byte, say) reached a query: the request's
+        # fault, not ours.
+        return problems.problem_response(
+            400,
+            "invalid-request",
+            "Invalid request",
+            "the request holds characters that cannot be stored (e.g. NUL)",
+            request_id=rid,
+        )
     except Exception:
         log.exception("unhandled_error", path=request.path)
         return problems.problem_response(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -47,10 +48,16 @@ def _quote_segment(segment: str) -> str:
     return quote(segment, safe="/~")
 
 
+# What quote() leaves alone; our keys' heads (prefix, digits, uuid) are almost always only this.
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
 def quote_key(key: str) -> str:
     """The key as an S3 URL path (botocore's quoting: all but unreserved, `/` and `~`)."""
     head, sep, name = key.rpartition("/")
-    return quote(head, safe="/~") + sep + _quote_segment(name)
+    if not _UNQUOTED.fullmatch(head):
+        head = quote(head, safe="/~")
+    return head + sep + _quote_segment(name)
 
 
 class Presigner:

@@ -94,6 +94,8 @@ class SandboxState:
         self.token = self.settings.token
         self.token_expires_after = self.settings.token_expires_after
         self.faults: list[Fault] = list(self.settings.faults)
+        # Before the overrides below, which invalidate cache entries.
+        self._cache: dict[str, SandboxProcess] = {}
         self.overrides: dict[str, ProcessOverride] = {}
         for override in self.settings.overrides:
             self.set_override(override)
@@ -106,7 +108,6 @@ class SandboxState:
         self.docs: dict[str, DocStats] = {}
         self.in_flight = 0
         self.max_in_flight = 0
-        self._cache: dict[str, SandboxProcess] = {}
 
     def set_override(self, override: ProcessOverride) -> None:
         """Replace how one number answers."""

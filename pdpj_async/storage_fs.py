@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -28,6 +29,7 @@ from . import problems, state
 from .config import StorageConfig
 from .errors import StorageError
 from .logs import get_logger
+from .presign import quote_key
 from .storage import StoredObject, WriterBase, content_disposition
 
 log = get_logger(__name__)
@@ -52,6 +54,12 @@ class FsMeta(msgspec.Struct, frozen=True, kw_only=True):
 
 _encode_meta = msgspec.json.Encoder().encode
 _decode_meta = msgspec.json.Decoder(FsMeta).decode
+
+
+@functools.lru_cache(maxsize=8192)
+def _quote_name(name: str) -> str:
+    # Document names repeat a lot across a status response and across polls.
+    return quote(name, safe="")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -266,8 +274,8 @@ class FilesystemStorage:
         expires = int(time.time()) + (ttl_s or self._config.url_ttl_s)
         name = filename or ""
         sig = self.sign(key, expires, name)
-        extra = f"&name={quote(name, safe='')}" if name else ""
-        return f"{self._base}{quote(key, safe='/')}?expires={expires}{extra}&sig={sig}"
+        extra = f"&name={_quote_name(name)}" if name else ""
+        return f"{self._base}{quote_key(key)}?expires={expires}{extra}&sig={sig}"
 
     async def read_meta(self, key: str) -> FsMeta | None:
         """The sidecar of an existing object, or None."""

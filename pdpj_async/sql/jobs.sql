@@ -134,3 +134,21 @@ WHERE ($1::bigint IS NULL OR j.api_key_id = $1)
   AND ($4::timestamptz IS NULL OR (j.created_at, j.id) < ($4, $5::uuid))
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $6;
+
+-- name: process_with_latest_job
+-- For the status of a process, in one round trip: the process id and the caller's latest job
+-- for it ($2 NULL: anyone's, for admins); the job columns are NULL when there is none.
+SELECT p.id AS process_id, j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents,
+       j.completed_documents, j.failed_documents, j.progress_percentage, j.error, j.created_at,
+       j.started_at, j.completed_at, p.number AS process_number,
+       EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
+               WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
+FROM pdpj.processes p
+LEFT JOIN LATERAL (
+    SELECT *
+    FROM pdpj.jobs j
+    WHERE j.process_id = p.id AND ($2::bigint IS NULL OR j.api_key_id = $2)
+    ORDER BY j.created_at DESC, j.id DESC
+    LIMIT 1
+) j ON true
+WHERE p.number = $1;

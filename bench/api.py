@@ -1,0 +1,360 @@
+"""GET /processes/{n}/status against a bare aiohttp handler, at 64 connections, in one run.
+
+    .venv/bin/python -P bench/api.py [--duration 10] [--connections 64] [--repeat 1]
+
+The database is filled directly (a 10-document and a 1,000-document process, every document
+`available` with a storage key, an API key, a completed job), so no download happens. The
+daemon (`pdpj-async serve`, its defaults but for the database, port and storage) runs in its
+own process, once with the S3 backend (moto, presigned URLs; the headline) and once with the
+filesystem backend (HMAC-signed URLs). The bare handler is a tiny aiohttp app on uvloop in
+another process. The load comes from `wrk` when it is on PATH (Debian: `apt-get install wrk`),
+else from a small aiohttp client in its own process (`--generator aiohttp` forces it).
+
+The reference for the 1,000-document status is botocore's generate_presigned_url measured in
+this same run: the status should serve 10x more documents per second than botocore can sign.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if p not in ("", _HERE)] + [_HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+import uuid as uuidlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import common  # noqa: E402
+
+from pdpj_async import db, keys, storage  # noqa: E402
+from pdpj_async.cnj import expected_check_digits  # noqa: E402
+from pdpj_async.config import decode_config  # noqa: E402
+
+RESULT = common.RESULTS / "api.json"
+BUCKET = "pdpj-bench"
+
+BARE_SERVER = """
+import sys, uvloop
+from aiohttp import web
+async def hello(request):
+    return web.Response(body=b'{"ok":true}', content_type="application/json")
+app = web.Application()
+app.router.add_get("/", hello)
+uvloop.install()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+# A load generator in its own process: `connections` clients loop for `duration` seconds.
+AIOHTTP_GENERATOR = """
+import asyncio, json, sys, time, aiohttp, uvloop
+url, conns, duration, header = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+async def main():
+    lat, errors = [], 0
+    headers = {"Authorization": header} if header else {}
+    conn = aiohttp.TCPConnector(limit=conns)
+    async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
+        end = time.perf_counter() + duration
+        async def client():
+            nonlocal errors
+            while (t0 := time.perf_counter()) < end:
+                async with http.get(url) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                lat.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(conns)))
+        took = time.perf_counter() - t0
+    print(json.dumps({"n": len(lat), "s": took, "errors": errors, "lat": lat}))
+uvloop.run(main())
+"""
+
+
+def cnj_number(sequence: int) -> str:
+    """A valid 20-digit CNJ number (TJSP, 2024)."""
+    seq, year, segment, court, origin = f"{sequence:07d}", "2024", "8", "26", "0100"
+    return (
+        seq
+        + expected_check_digits(seq, year, segment, court, origin)
+        + year
+        + segment
+        + court
+        + origin
+    )
+
+
+async def populate(dsn: str) -> tuple[str, dict[int, str]]:
+    """An API key and processes of 10 and 1,000 available documents; (key, {docs: number})."""
+    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        new = await keys.create_key(
+            pool, "bench", "user", rate_limit_per_s=1e9, rate_limit_burst=1_000_000_000
+        )
+        numbers: dict[int, str] = {}
+        for count, seq in ((10, 10), (1000, 1000)):
+            number = cnj_number(seq)
+            numbers[count] = number
+            process_id = await pool.fetchval(
+                "INSERT INTO pdpj.processes (number, court, class, subject, instances, raw)"
+                " VALUES ($1, 'TJSP', 'Procedimento Comum Cível', 'Cobrança', '{G1}', '{}')"
+                " RETURNING id",
+                number,
+            )
+            rows = []
+            for i in range(count):
+                uuid = str(uuidlib.UUID(int=seq * 1_000_000 + i))
+                name = f"Petição {i + 1} - anexo.pdf"
+                key = storage.object_key("", number, uuid, name)
+                rows.append(
+                    (process_id, uuid, name, "Petição", "application/pdf", 150_000 + i, i + 1,
+                     f"/processos/{number}/documentos/{uuid}/binario", "{}", "available",
+                     150_000 + i, f"{i:064x}", key)
+                )  # fmt: skip
+            await pool.executemany(
+                "INSERT INTO pdpj.documents (process_id, uuid, name, type_name, mime_type,"
+                " declared_size, sequence, href, raw, status, size, sha256, storage_key,"
+                " download_started_at, download_completed_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13,"
+                " now(), now())",
+                rows,
+            )
+            job_id = await pool.fetchval(
+                "INSERT INTO pdpj.jobs (process_id, api_key_id, status, total_documents,"
+                " completed_documents, progress_percentage, started_at, completed_at)"
+                " VALUES ($1, $2, 'completed', $3, $3, 100, now(), now()) RETURNING id",
+                process_id,
+                new.info.id,
+                count,
+            )
+            await pool.execute(
+                "INSERT INTO pdpj.job_documents (job_id, document_id)"
+                " SELECT $1, id FROM pdpj.documents WHERE process_id = $2",
+                job_id,
+                process_id,
+            )
+        await pool.execute("ANALYZE")
+        return new.key, numbers
+    finally:
+        await pool.close()
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    assert match, text
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def run_wrk(url: str, connections: int, duration: float, header: str) -> dict[str, float]:
+    """wrk with one thread (the other core serves); rps and p50/p99 from --latency."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
+    if header:
+        argv += ["-H", f"Authorization: {header}"]
+    out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{url}: {errors.group(1)} error responses\n{out}")
+    return {"rps": round(rps, 1), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
+
+
+def run_aiohttp(url: str, connections: int, duration: float, header: str) -> dict[str, float]:
+    """The aiohttp load generator in a subprocess."""
+    out = subprocess.run(
+        [sys.executable, "-c", AIOHTTP_GENERATOR, url, str(connections), str(duration), header],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    data = json.loads(out)
+    if data["errors"]:
+        raise RuntimeError(f"{url}: {data['errors']} error responses")
+    lat = [x * 1000 for x in data["lat"]]
+    return {
+        "rps": round(data["n"] / data["s"], 1),
+        "p50_ms": round(common.percentile(lat, 50), 2),
+        "p99_ms": round(common.percentile(lat, 99), 2),
+    }
+
+
+def botocore_presign_rate(endpoint_url: str, n: int = 3000) -> float:
+    """URLs per second from botocore's generate_presigned_url (boto3 client), after a warm-up."""
+    client = common.s3_client(endpoint_url)
+    name = storage.content_disposition("Petição 1 - anexo.pdf")
+
+    def sign(i: int) -> None:
+        client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": BUCKET,
+                "Key": f"processos/00010002320248260100/documentos/{i:08x}/Petição.pdf",
+                "ResponseContentDisposition": name,
+            },
+            ExpiresIn=3600,
+        )
+
+    for i in range(200):
+        sign(i)
+    started = time.perf_counter()
+    for i in range(n):
+        sign(i)
+    return n / (time.perf_counter() - started)
+
+
+async def measure_daemon(
+    backend: str,
+    dsn: str,
+    root: Path,
+    moto: common.Moto,
+    key: str,
+    numbers: dict[int, str],
+    load: Any,
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """Start the daemon with one backend; measure /status of both processes."""
+    port = common.free_port()
+    section = (
+        common.s3_storage_section(moto.url, BUCKET)
+        if backend == "s3"
+        else {"backend": "filesystem"}
+    )
+    config = decode_config(
+        {
+            "daemon": {"data_dir": str(root / f"data-{backend}")},
+            "http": {"port": port, "public_url": f"http://127.0.0.1:{port}"},
+            "database": {"dsn": dsn, "migrate_on_start": False},
+            "logging": {"format": "json"},
+            "storage": section,
+        }
+    )
+    daemon = common.daemon_proc(config, root / f"daemon-{backend}.log")
+    daemon.start()
+    out: dict[str, dict[str, float]] = {}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await common.wait_http(base + "/healthz", daemon)
+        for count, number in numbers.items():
+            url = f"{base}/api/v1/processes/{number}/status"
+            await asyncio.to_thread(load, url, args.connections, 2, f"Bearer {key}")  # warm-up
+            spy = None
+            if args.profile:
+                profile = Path(args.profile) / f"{backend}_status_{count}.txt"
+                spy = common.py_spy(daemon.pid, profile, args.duration)
+            out[f"status_{count}"] = await asyncio.to_thread(
+                load, url, args.connections, args.duration, f"Bearer {key}"
+            )
+            if spy is not None:
+                spy.wait()
+                for frame, inclusive, own in common.top_frames(profile, 30):
+                    print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
+            print(f"  {backend} status_{count}: {out[f'status_{count}']}", flush=True)
+    finally:
+        daemon.stop()
+    return out
+
+
+async def one_run(
+    args: argparse.Namespace, load: Any, root: Path, pg: common.Postgres
+) -> dict[str, Any]:
+    dsn = pg.fresh()
+    key, numbers = await populate(dsn)
+    moto = common.Moto(root / "moto.log")
+    await moto.start(BUCKET)
+    try:
+        port = common.free_port()
+        bare = common.Proc([sys.executable, "-c", BARE_SERVER, str(port)], root / "bare.log")
+        bare.start()
+        try:
+            url = f"http://127.0.0.1:{port}/"
+            await common.wait_http(url, bare)
+            await asyncio.to_thread(load, url, args.connections, 2, "")
+            result: dict[str, Any] = {
+                "bare": await asyncio.to_thread(load, url, args.connections, args.duration, "")
+            }
+            print(f"  bare: {result['bare']}", flush=True)
+        finally:
+            bare.stop()
+        s3 = await measure_daemon("s3", dsn, root, moto, key, numbers, load, args)
+        fs = await measure_daemon("filesystem", dsn, root, moto, key, numbers, load, args)
+        result.update(s3)
+        result["fs"] = fs
+        result["botocore_presign_per_s"] = round(botocore_presign_rate(moto.url))
+    finally:
+        moto.stop()
+    result["status_1000_docs_per_s"] = round(result["status_1000"]["rps"] * 1000)
+    result["fs"]["status_1000_docs_per_s"] = round(fs["status_1000"]["rps"] * 1000)
+    result["ratios"] = {
+        "status_10_vs_bare": round(result["status_10"]["rps"] / result["bare"]["rps"], 3),
+        "status_1000_docs_vs_botocore": round(
+            result["status_1000_docs_per_s"] / result["botocore_presign_per_s"], 2
+        ),
+        "fs_status_1000_docs_vs_botocore": round(
+            result["fs"]["status_1000_docs_per_s"] / result["botocore_presign_per_s"], 2
+        ),
+    }
+    return result
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose 10-document ratio is the median (whole runs, so figures stay consistent)."""
+    ordered = sorted(runs, key=lambda r: r["ratios"]["status_10_vs_bare"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=1, help="whole runs; the median is kept")
+    parser.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto")
+    parser.add_argument("--profile", help="py-spy the daemon; collapsed stacks into this dir")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    args = parser.parse_args()
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
+    load = run_wrk if use_wrk else run_aiohttp
+    runs = []
+    with common.workdir("bench-api-") as root:
+        pg = common.Postgres(root)
+        pg.start()
+        try:
+            for i in range(args.repeat):
+                print(f"run {i + 1}/{args.repeat}", flush=True)
+                runs.append(await one_run(args, load, root, pg))
+        finally:
+            pg.stop()
+    result = _median_run(runs)
+    result["generator"] = "wrk" if use_wrk else "aiohttp"
+    result["connections"] = args.connections
+    result["duration_s"] = args.duration
+    result["runs"] = [
+        {k: r[k] for k in ("ratios", "status_1000_docs_per_s", "botocore_presign_per_s")}
+        | {k: r[k]["rps"] for k in ("bare", "status_10", "status_1000")}
+        for r in runs
+    ]
+    result["machine"] = common.machine()
+    result["targets"] = {
+        "status_10_vs_bare >= 0.35": result["ratios"]["status_10_vs_bare"] >= 0.35,
+        "status_1000_docs_vs_botocore >= 10": result["ratios"]["status_1000_docs_vs_botocore"]
+        >= 10,
+    }
+    print(json.dumps(result, indent=2))
+    if not args.no_save:
+        common.RESULTS.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

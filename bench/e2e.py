@@ -1,0 +1,680 @@
+"""End to end: many processes requested, every document stored, every webhook received.
+
+    .venv/bin/python -P bench/e2e.py            # full: 200 x 20 docs, fs and S3, sweep (~10 min)
+    .venv/bin/python -P bench/e2e.py --quick    # 40 x 20 docs, smaller sweep (~3 min)
+
+One `pdpj-async serve` (default worker settings) against `pdpj-async sandbox` (its own process,
+50 ms per request) with a realistic size mix (most documents 50 KB-2 MB, a few 20-200 MB, PDF
+and HTML); clients request every process at once (8 at a time) with a webhook to a receiver in
+this process. Beside it, on the same sandbox and store:
+  seed:  the approach of the service this replaces: per process, documents in batches of 5,
+         each downloaded to a temp file, read whole, stored with one PUT (fs: one write), a
+         one-second pause between batches, two processes at a time (one per core);
+         it is slow by design, so it runs on the first --seed-processes processes only.
+  limit: only the bytes, streamed from the sandbox into the store at the daemon's
+         concurrency (queue.workers), with no database and no bookkeeping.
+Then docs/s against workers (1, 4, 16, 64) and upstream latency (0, 50, 200 ms) on a smaller
+workload (filesystem), plotted to docs/e2e_workers.png. Results: bench/results/e2e.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if p not in ("", _HERE)] + [_HERE]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import aiohttp  # noqa: E402
+import common  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from pdpj_async import db, keys  # noqa: E402
+from pdpj_async.cnj import expected_check_digits, parse  # noqa: E402
+from pdpj_async.config import decode_config  # noqa: E402
+
+RESULT = common.RESULTS / "e2e.json"
+PLOT = common.ROOT / "docs" / "e2e_workers.png"
+BUCKET = "pdpj-e2e"
+TOKEN = "bench-token"
+PDF, HTML = "application/pdf", "text/html"
+MB = 1_000_000
+CLIENTS = 8
+SEED_BATCH = 5
+SEED_PAUSE_S = 1.0
+SEED_PARALLEL = 2
+CHUNK = 64 * 1024
+
+
+# ---- the workload ----
+
+
+def cnj_number(sequence: int) -> str:
+    """A valid 20-digit CNJ number (TJSP, 2024)."""
+    seq, year, segment, court, origin = f"{sequence:07d}", "2024", "8", "26", "0100"
+    dd = expected_check_digits(seq, year, segment, court, origin)
+    return seq + dd + year + segment + court + origin
+
+
+def workload(
+    processes: int, docs: int, large: int, seed: int = 10, first: int = 1
+) -> dict[str, list[dict[str, Any]]]:
+    """{number: [DocumentOverride]}: log-uniform 50 KB-2 MB, `large` of them 20-200 MB."""
+    rng = random.Random(seed)
+    plan: dict[str, list[dict[str, Any]]] = {}
+    for p in range(processes):
+        plan[cnj_number(first + p)] = [
+            {
+                "size": int(math.exp(rng.uniform(math.log(50_000), math.log(2 * MB)))),
+                "mime": PDF if rng.random() < 0.7 else HTML,
+            }
+            for _ in range(docs)
+        ]
+    # The large ones spread over the run, sizes spread log-uniformly over 20-200 MB.
+    numbers = list(plan)
+    for i in range(large):
+        size = int(20 * MB * 10 ** (i / max(1, large - 1))) if large > 1 else 20 * MB
+        plan[numbers[(i * 7 + 3) % len(numbers)]][i % docs] = {"size": size, "mime": PDF}
+    return plan
+
+
+def total_bytes(plan: dict[str, list[dict[str, Any]]]) -> int:
+    return sum(d["size"] for docs in plan.values() for d in docs)
+
+
+class Sandbox:
+    """`pdpj-async sandbox` in its own process, with the workload's processes set."""
+
+    def __init__(self, root: Path, latency_ms: float) -> None:
+        self.port = common.free_port()
+        self.root_url = f"http://127.0.0.1:{self.port}"
+        self.api = self.root_url + "/api/v2"
+        self.proc = common.sandbox_proc(
+            self.port, TOKEN, latency_ms, root / f"sandbox-{latency_ms:g}.log"
+        )
+        self.hrefs: dict[str, list[tuple[str, int]]] = {}
+
+    async def start(self, plan: dict[str, list[dict[str, Any]]]) -> None:
+        self.proc.start()
+        await common.wait_http(self.root_url + "/_sandbox/stats", self.proc)
+        async with aiohttp.ClientSession() as http:
+            for number, docs in plan.items():
+                body = {"number": number, "documents": docs}
+                async with http.post(self.root_url + "/_sandbox/processes", json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+                    answer = await resp.json()
+                masked = parse(number).masked
+                self.hrefs[number] = [
+                    (f"/processos/{masked}/documentos/{d['uuid']}/binario", d["size"])
+                    for d in answer["documents"]
+                ]
+
+    def stop(self) -> None:
+        self.proc.stop(5)
+
+
+# ---- ours: the daemon ----
+
+
+class Receiver:
+    """Webhooks land here: /hook/{digits} → arrival time."""
+
+    def __init__(self) -> None:
+        self.arrived: dict[str, float] = {}
+        self.statuses: dict[str, str] = {}
+        self.done = asyncio.Event()
+        self.expected = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        digits = request.match_info["digits"]
+        self.arrived.setdefault(digits, time.monotonic())
+        self.statuses[digits] = str(body.get("data", body).get("status", body.get("type", "")))
+        if len(self.arrived) >= self.expected:
+            self.done.set()
+        return web.Response(text="ok")
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/hook/{digits}", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    def reset(self, expected: int) -> None:
+        self.arrived.clear()
+        self.statuses.clear()
+        self.done.clear()
+        self.expected = expected
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def run_ours(
+    ctx: Context,
+    plan: dict[str, list[dict[str, Any]]],
+    sandbox: Sandbox,
+    backend: str,
+    *,
+    workers: int | None = None,
+    label: str = "",
+) -> dict[str, Any]:
+    """The daemon downloads the whole plan; figures from first request to last webhook."""
+    dsn = ctx.pg.fresh()
+    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        key = (await keys.create_key(pool, "e2e", "user", rate_limit_per_s=1e6)).key
+    finally:
+        await pool.close()
+    port = common.free_port()
+    data_dir = ctx.root / f"data-{label or backend}"
+    moto = None
+    storage: dict[str, Any] = {"backend": "filesystem"}
+    if backend == "s3":
+        moto = common.Moto(ctx.root / "moto.log")
+        await moto.start(BUCKET)
+        storage = common.s3_storage_section(moto.url, BUCKET)
+    raw: dict[str, Any] = {
+        "daemon": {"data_dir": str(data_dir)},
+        "http": {"port": port, "public_url": f"http://127.0.0.1:{port}"},
+        "database": {"dsn": dsn, "migrate_on_start": False},
+        "logging": {"format": "json"},
+        "pdpj": {"base_url": sandbox.api, "token": TOKEN},
+        "storage": storage,
+        "webhooks": {"allow_private_networks": True},
+    }
+    if workers is not None:
+        raw["queue"] = {"workers": workers}
+    config = decode_config(raw)
+    daemon = common.daemon_proc(config, ctx.root / f"daemon-{label or backend}.log")
+    daemon.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        await common.wait_http(base + "/healthz", daemon)
+        ctx.receiver.reset(len(plan))
+        usage = common.Usage(daemon.pid)
+        usage.start()
+        spy = None
+        if ctx.args.profile and not label:
+            ctx.profiles[backend] = Path(ctx.args.profile) / f"e2e_{backend}.txt"
+            spy = common.py_spy(daemon.pid, ctx.profiles[backend], ctx.args.timeout)
+        requested: dict[str, float] = {}
+        numbers = list(plan)
+        started = time.monotonic()
+
+        async def client(http: aiohttp.ClientSession) -> None:
+            while numbers:
+                number = numbers.pop(0)
+                params = {"webhook_url": f"{ctx.receiver.url}/{number}"}
+                requested[number] = time.monotonic()
+                url = f"{base}/api/v1/processes/{number}"
+                async with http.get(url, params=params) as resp:
+                    body = await resp.text()
+                    if resp.status != 202:
+                        raise RuntimeError(f"{number}: {resp.status} {body[:300]}")
+
+        headers = {"Authorization": f"Bearer {key}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
+            waiter = asyncio.create_task(ctx.receiver.done.wait())
+            deadline = time.monotonic() + ctx.args.timeout
+            while not waiter.done():
+                if not daemon.alive():
+                    raise RuntimeError(f"daemon died:\n{daemon.tail()}")
+                if time.monotonic() > deadline:
+                    waiter.cancel()
+                    raise TimeoutError(
+                        f"{len(ctx.receiver.arrived)}/{len(plan)} webhooks after "
+                        f"{ctx.args.timeout}s\n{daemon.tail()}"
+                    )
+                await asyncio.sleep(0.05)
+        elapsed = max(ctx.receiver.arrived.values()) - started
+        peak_rss, cpu = await usage.stop()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
+            spy.wait()
+        diagnostics = await scrape_metrics(base)
+        latencies = [ctx.receiver.arrived[n] - requested[n] for n in plan]
+        docs = sum(len(d) for d in plan.values())
+        mb = total_bytes(plan) / MB
+        statuses = sorted(set(ctx.receiver.statuses.values()))
+        return {
+            "docs_per_s": round(docs / elapsed, 1),
+            "mb_per_s": round(mb / elapsed, 1),
+            "peak_rss_mb": peak_rss,
+            "cpu_s": cpu,
+            "time_to_last_webhook_s": round(elapsed, 2),
+            "webhook_p50_s": round(common.percentile(latencies, 50), 2),
+            "webhook_p99_s": round(common.percentile(latencies, 99), 2),
+            "processes": len(plan),
+            "documents": docs,
+            "mb": round(mb, 1),
+            "webhook_statuses": statuses,
+            "mean_download_s": diagnostics.get("mean_download_s"),
+        }
+    finally:
+        daemon.stop()
+        if moto is not None:
+            moto.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def scrape_metrics(base: str) -> dict[str, float]:
+    """The daemon's mean time per download (PDPJ request to stored object), from /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
+        text = await resp.text()
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith('pdpj_async_download_duration_seconds_sum{outcome="available"}'):
+            total = float(line.split()[-1])
+        if line.startswith('pdpj_async_download_duration_seconds_count{outcome="available"}'):
+            count = float(line.split()[-1])
+    return {"mean_download_s": round(total / count, 3)} if count else {}
+
+
+# ---- seed and limit: child processes of this script (measured by psutil from here) ----
+
+
+def _store_s3(spec: dict[str, Any]) -> Any:
+    from aiobotocore.config import AioConfig
+    from aiobotocore.session import get_session
+
+    return get_session().create_client(
+        "s3",
+        endpoint_url=spec["s3"],
+        region_name=common.S3_REGION,
+        aws_access_key_id=common.S3_ACCESS_KEY,
+        aws_secret_access_key=common.S3_SECRET_KEY,
+        config=AioConfig(
+            s3={"addressing_style": "path"},
+            max_pool_connections=max(10, spec["concurrency"]),
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def _fs_path(spec: dict[str, Any], href: str) -> Path:
+    path = Path(spec["fs"]) / href.strip("/").replace("/binario", "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+async def seed_role(spec: dict[str, Any]) -> dict[str, Any]:
+    """The seed's approach: details, then batches of 5 via temp files, one PUT each, 1 s pauses."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    done = {"docs": 0, "bytes": 0}
+    s3 = await _store_s3(spec).__aenter__() if spec.get("s3") else None
+    queue = list(spec["numbers"])
+
+    async def fetch_to_temp(http: aiohttp.ClientSession, href: str) -> bytes:
+        async with http.get(spec["api"] + href) as resp:
+            resp.raise_for_status()
+            with tempfile.NamedTemporaryFile() as tmp:
+                async for chunk in resp.content.iter_chunked(CHUNK):
+                    tmp.write(chunk)
+                tmp.flush()
+                tmp.seek(0)
+                return tmp.read()
+
+    async def store(href: str, data: bytes) -> None:
+        if s3 is not None:
+            await s3.put_object(Bucket=BUCKET, Key=href.strip("/"), Body=data)
+        else:
+            await asyncio.to_thread(_write_file, _fs_path(spec, href), data)
+        done["docs"] += 1
+        done["bytes"] += len(data)
+
+    async def one_document(http: aiohttp.ClientSession, href: str) -> None:
+        await store(href, await fetch_to_temp(http, href))
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        from pdpj_async.upstream import list_documents
+
+        while queue:
+            number = queue.pop(0)
+            async with http.get(f"{spec['api']}/processos/{number}") as resp:
+                raw = await resp.json()
+            hrefs = [d.href for d in list_documents(raw[0] if isinstance(raw, list) else raw)]
+            for start in range(0, len(hrefs), SEED_BATCH):
+                if start:
+                    await asyncio.sleep(SEED_PAUSE_S)
+                batch = hrefs[start : start + SEED_BATCH]
+                await asyncio.gather(*(one_document(http, h) for h in batch))
+
+    started = time.monotonic()
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            await asyncio.gather(*(worker(http) for _ in range(SEED_PARALLEL)))
+    finally:
+        if s3 is not None:
+            await s3.__aexit__(None, None, None)
+    return {**done, "seconds": time.monotonic() - started}
+
+
+async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
+    """Only the bytes: GET streamed into the store (fs: file + fsync; S3: PUT or multipart)."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    todo = [tuple(x) for x in spec["docs"]]
+    done = {"docs": 0, "bytes": 0}
+    part = 8 * 2**20
+    s3 = await _store_s3(spec).__aenter__() if spec.get("s3") else None
+
+    async def to_s3(resp: aiohttp.ClientResponse, key: str) -> int:
+        assert s3 is not None
+        buf = bytearray()
+        upload_id = None
+        parts: list[dict[str, Any]] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            buf += chunk
+            size += len(chunk)
+            if len(buf) >= part:
+                if upload_id is None:
+                    upload_id = (await s3.create_multipart_upload(Bucket=BUCKET, Key=key))[
+                        "UploadId"
+                    ]
+                n = len(parts) + 1
+                r = await s3.upload_part(
+                    Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=n, Body=bytes(buf)
+                )
+                parts.append({"PartNumber": n, "ETag": r["ETag"]})
+                buf = bytearray()
+        if upload_id is None:
+            await s3.put_object(Bucket=BUCKET, Key=key, Body=bytes(buf))
+        else:
+            if buf:
+                n = len(parts) + 1
+                r = await s3.upload_part(
+                    Bucket=BUCKET, Key=key, UploadId=upload_id, PartNumber=n, Body=bytes(buf)
+                )
+                parts.append({"PartNumber": n, "ETag": r["ETag"]})
+            await s3.complete_multipart_upload(
+                Bucket=BUCKET, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        return size
+
+    async def to_fs(resp: aiohttp.ClientResponse, href: str) -> int:
+        path = _fs_path(spec, href)
+        size = 0
+        with path.open("wb") as f:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            await asyncio.to_thread(os.fsync, f.fileno())
+        return size
+
+    async def worker(http: aiohttp.ClientSession) -> None:
+        while todo:
+            href, _ = todo.pop(0)
+            async with http.get(spec["api"] + href) as resp:
+                resp.raise_for_status()
+                size = await (to_s3(resp, href.strip("/")) if s3 else to_fs(resp, href))
+            done["docs"] += 1
+            done["bytes"] += size
+
+    started = time.monotonic()
+    try:
+        connector = aiohttp.TCPConnector(limit=spec["concurrency"])
+        async with aiohttp.ClientSession(headers=headers, connector=connector) as http:
+            await asyncio.gather(*(worker(http) for _ in range(spec["concurrency"])))
+    finally:
+        if s3 is not None:
+            await s3.__aexit__(None, None, None)
+    return {**done, "seconds": time.monotonic() - started}
+
+
+async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run seed/limit in a child process; its docs/s, MB/s, peak RSS and CPU."""
+    moto = None
+    store_dir = ctx.root / f"{role}-objects"
+    if backend == "s3":
+        moto = common.Moto(ctx.root / "moto.log")
+        await moto.start(BUCKET)
+        spec["s3"] = moto.url
+    else:
+        spec["fs"] = str(store_dir)
+    spec_path = ctx.root / f"{role}-spec.json"
+    out_path = ctx.root / f"{role}-out.json"
+    spec_path.write_text(json.dumps(spec))
+    argv = [sys.executable, "-P", __file__, "--role", role, "--spec", str(spec_path)]
+    child = common.Proc([*argv, "--out", str(out_path)], ctx.root / f"{role}.log")
+    try:
+        child.start()
+        while child.alive():
+            await asyncio.sleep(0.05)
+        if child.popen is None or child.popen.returncode != 0:
+            raise RuntimeError(f"{role} failed:\n{child.tail()}")
+        out = json.loads(out_path.read_text())
+        # The child's own getrusage: exact peak RSS and CPU (psutil cannot read a reaped child).
+        peak_rss, cpu = round(out["peak_rss_mb"], 1), round(out["cpu_s"], 2)
+    finally:
+        if moto is not None:
+            moto.stop()
+        shutil.rmtree(store_dir, ignore_errors=True)
+    return {
+        "docs_per_s": round(out["docs"] / out["seconds"], 1),
+        "mb_per_s": round(out["bytes"] / MB / out["seconds"], 1),
+        "peak_rss_mb": peak_rss,
+        "cpu_s": cpu,
+        "documents": out["docs"],
+        "seconds": round(out["seconds"], 2),
+    }
+
+
+# ---- the whole run ----
+
+
+class Context:
+    def __init__(self, args: argparse.Namespace, root: Path, pg: common.Postgres) -> None:
+        self.args = args
+        self.root = root
+        self.pg = pg
+        self.receiver = Receiver()
+        self.profiles: dict[str, Path] = {}
+
+
+async def compare(ctx: Context, plan: dict[str, Any], sandbox: Sandbox) -> dict[str, Any]:
+    """ours / seed / limit for each backend."""
+    args = ctx.args
+    results: dict[str, Any] = {}
+    seed_numbers = list(plan)[: args.seed_processes]
+    limit_docs = [h for n in plan for h in sandbox.hrefs[n]]
+    workers = decode_config({}).queue.workers
+    for backend in args.backends:
+        print(f"[{backend}] ours ...", flush=True)
+        ours = await run_ours(ctx, plan, sandbox, backend)
+        print(f"[{backend}] ours: {ours}", flush=True)
+        print(f"[{backend}] limit ...", flush=True)
+        limit = await run_child(
+            ctx, "limit", backend, {"api": sandbox.api, "docs": limit_docs, "concurrency": workers}
+        )
+        print(f"[{backend}] limit: {limit}", flush=True)
+        print(f"[{backend}] seed ({len(seed_numbers)} processes) ...", flush=True)
+        seed = await run_child(
+            ctx, "seed", backend, {"api": sandbox.api, "numbers": seed_numbers, "concurrency": 2}
+        )
+        print(f"[{backend}] seed: {seed}", flush=True)
+        results["s3" if backend == "s3" else "fs"] = {
+            "ours": ours,
+            "seed": seed,
+            "limit": limit,
+            "ratios": {
+                "ours_vs_seed": round(ours["docs_per_s"] / seed["docs_per_s"], 2),
+                "ours_vs_limit": round(ours["docs_per_s"] / limit["docs_per_s"], 3),
+            },
+        }
+        if backend in ctx.profiles and ctx.profiles[backend].exists():
+            for frame, inclusive, own in common.top_frames(ctx.profiles[backend], 40):
+                print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
+    return results
+
+
+async def sweep(ctx: Context) -> dict[str, Any]:
+    """docs/s by worker count (at 50 ms) and by upstream latency (at the default workers)."""
+    args = ctx.args
+    plan = workload(args.sweep_processes, 10, 0, seed=20, first=5000)
+    default_workers = decode_config({}).queue.workers
+    out: dict[str, Any] = {"workload": {"processes": len(plan), "docs": 10 * len(plan),
+                                        "mb": round(total_bytes(plan) / MB, 1)}}  # fmt: skip
+    by_workers: dict[str, float] = {}
+    by_latency: dict[str, float] = {}
+    for latency in args.sweep_latencies:
+        sandbox = Sandbox(ctx.root, latency)
+        await sandbox.start(plan)
+        try:
+            counts = args.sweep_workers if latency == 50 else [default_workers]
+            for workers in counts:
+                r = await run_ours(
+                    ctx, plan, sandbox, "filesystem", workers=workers, label=f"w{workers}l{latency}"
+                )
+                print(f"[sweep] workers={workers} latency={latency}ms: {r['docs_per_s']} docs/s")
+                if latency == 50:
+                    by_workers[str(workers)] = r["docs_per_s"]
+                if workers == default_workers:
+                    by_latency[str(latency)] = r["docs_per_s"]
+        finally:
+            sandbox.stop()
+    out["docs_per_s_by_workers_at_50ms"] = by_workers
+    out["docs_per_s_by_latency_ms_at_default_workers"] = by_latency
+    return out
+
+
+def plot(sweep_result: dict[str, Any], path: Path) -> None:
+    """docs/s against workers (log x), one line; latency points as a note."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_workers = sweep_result["docs_per_s_by_workers_at_50ms"]
+    xs = [int(k) for k in by_workers]
+    ys = list(by_workers.values())
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    ax.plot(xs, ys, marker="o", label="pdpj-async, 50 ms upstream latency")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel("queue.workers")
+    ax.set_ylabel("documents / s")
+    w = sweep_result["workload"]
+    ax.set_title(f"End to end, filesystem store ({w['docs']} docs, {w['mb']} MB)")
+    lat = sweep_result["docs_per_s_by_latency_ms_at_default_workers"]
+    note = "at default workers: " + ", ".join(f"{k} ms → {v:g}/s" for k, v in lat.items())
+    ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8)
+    ax.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+
+
+async def main_run(args: argparse.Namespace) -> None:
+    plan = workload(args.processes, args.docs, args.large)
+    print(
+        f"workload: {args.processes} processes x {args.docs} docs, "
+        f"{total_bytes(plan) / MB:.0f} MB, {args.large} large",
+        flush=True,
+    )
+    result: dict[str, Any] = {"machine": common.machine()}
+    with common.workdir("bench-e2e-") as root:
+        pg = common.Postgres(root)
+        pg.start()
+        ctx = Context(args, root, pg)
+        await ctx.receiver.start()
+        try:
+            if not args.no_compare:
+                sandbox = Sandbox(root, 50)
+                await sandbox.start(plan)
+                try:
+                    result.update(await compare(ctx, plan, sandbox))
+                finally:
+                    sandbox.stop()
+            if not args.no_sweep:
+                result["sweep"] = await sweep(ctx)
+        finally:
+            await ctx.receiver.stop()
+            pg.stop()
+    result["workload"] = {
+        "processes": args.processes,
+        "docs_per_process": args.docs,
+        "large_docs": args.large,
+        "mb": round(total_bytes(plan) / MB, 1),
+        "upstream_latency_ms": 50,
+        "clients": CLIENTS,
+        "seed_processes": args.seed_processes,
+    }
+    print(json.dumps(result, indent=2))
+    if not args.no_save:
+        common.RESULTS.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text(json.dumps(result, indent=2) + "\n")
+        if "sweep" in result:
+            plot(result["sweep"], PLOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smaller run (~3 min)")
+    parser.add_argument("--processes", type=int, default=200)
+    parser.add_argument("--docs", type=int, default=20, help="documents per process")
+    parser.add_argument("--large", type=int, default=4, help="documents of 20-200 MB")
+    parser.add_argument("--seed-processes", type=int, default=20)
+    parser.add_argument("--backends", nargs="+", default=["filesystem", "s3"])
+    parser.add_argument("--sweep-processes", type=int, default=40)
+    parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--sweep-latencies", type=float, nargs="+", default=[0, 50, 200])
+    parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--no-compare", action="store_true")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per daemon run")
+    parser.add_argument("--profile", help="py-spy the daemon (ours); collapsed stacks here")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--role", choices=["seed", "limit"], help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        spec = json.loads(Path(args.spec).read_text())
+        role = seed_role if args.role == "seed" else limit_role
+        out = asyncio.run(role(spec))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out["cpu_s"] = usage.ru_utime + usage.ru_stime
+        out["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+        Path(args.out).write_text(json.dumps(out))
+        return
+    if args.quick:
+        args.processes, args.large, args.seed_processes = 40, 1, 6
+        args.sweep_processes = 16
+    args.sweep_latencies = [int(x) if x == int(x) else x for x in args.sweep_latencies]
+    asyncio.run(main_run(args))
+
+
+if __name__ == "__main__":
+    main()

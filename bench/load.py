@@ -1,0 +1,255 @@
+"""Bounded load: N concurrent clients for D seconds against a `pdpj-async serve` daemon while its
+downloads run; reports throughput, p50/p99 latency and errors (429s counted apart).
+
+    .venv/bin/python bench/load.py --clients 200 --duration 60
+
+Everything is local: an embedded PostgreSQL in a temp dir, the sandbox PDPJ in this process,
+the daemon as a subprocess on the filesystem store.
+"""
+
+# ruff: noqa: E402 - the imports follow the sys.path fix below
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# Run as a script, bench/ comes first on sys.path, and bench/queue.py would shadow the stdlib.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from pdpj_async import cnj, db, keys
+from pdpj_async.embedded_pg import EmbeddedPostgres
+from pdpj_async.sandbox import Fault, SandboxSettings, create_sandbox_app
+from pdpj_async.sandbox_data import DocumentOverride, ProcessOverride
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def number(i: int) -> str:
+    seq = f"{i:07d}"
+    return f"{seq}-{cnj.expected_check_digits(seq, '2025', '8', '26', '0100')}.2025.8.26.0100"
+
+
+def env_for(config: dict[str, dict[str, Any]]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PDPJ_ASYNC__")}
+    for section, values in config.items():
+        for key, value in values.items():
+            name = f"PDPJ_ASYNC__{section.upper()}__{key.upper()}"
+            if isinstance(value, bool):
+                env[name] = str(value).lower()
+            elif isinstance(value, list | dict):
+                env[name] = json.dumps(value)
+            else:
+                env[name] = str(value)
+    return env
+
+
+class Client:
+    """One simulated client: a key, the processes it asks for, the jobs it got."""
+
+    def __init__(self, key: str, numbers: list[str], rng: random.Random) -> None:
+        self.headers = {"Authorization": f"Bearer {key}"}
+        self.numbers = numbers
+        self.rng = rng
+        self.jobs: list[str] = []
+        # Status is polled only for processes this client has asked for (others are a 404).
+        self.requested: list[str] = []
+
+
+async def run_client(
+    http: aiohttp.ClientSession,
+    base: str,
+    client: Client,
+    until: float,
+    latencies: dict[str, list[float]],
+    statuses: Counter[str],
+) -> None:
+    while time.perf_counter() < until:
+        roll = client.rng.random()
+        n = client.rng.choice(client.numbers)
+        if roll < 0.3 or not client.requested:
+            kind, url = "process", f"{base}/api/v1/processes/{n}"
+        elif roll < 0.75:
+            polled = client.rng.choice(client.requested)
+            kind, url = "status", f"{base}/api/v1/processes/{polled}/status"
+        elif client.jobs:
+            kind, url = "job", f"{base}/api/v1/jobs/{client.rng.choice(client.jobs)}"
+        else:
+            kind, url = "jobs", f"{base}/api/v1/jobs?limit=20"
+        started = time.perf_counter()
+        try:
+            async with http.get(url, headers=client.headers) as resp:
+                body = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            statuses[f"{kind}:{type(exc).__name__}"] += 1
+            continue
+        latencies[kind].append(time.perf_counter() - started)
+        statuses[f"{kind}:{status}"] += 1
+        if kind == "process" and status in (200, 202):
+            if n not in client.requested:
+                client.requested.append(n)
+            job = json.loads(body).get("job")
+            if job and job["job_id"] not in client.jobs:
+                client.jobs.append(job["job_id"])
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="pdpj-load-"))
+    pg = EmbeddedPostgres(tmp / "pg", settings={"fsync": "off", "synchronous_commit": "off"})
+    dsn = await asyncio.to_thread(pg.start)
+    await asyncio.to_thread(db.apply_migrations, dsn)
+    numbers = [number(9000 + i) for i in range(args.processes)]
+    settings = SandboxSettings(
+        token="load-token",
+        overrides=[
+            ProcessOverride(
+                number=n,
+                documents=[DocumentOverride(size=2_000 + i * 100) for i in range(args.documents)],
+            )
+            for n in numbers
+        ],
+        # Each download takes a while, so downloads run during the whole load.
+        faults=[Fault(latency_ms=args.download_ms)],
+    )
+    runner = web.AppRunner(create_sandbox_app(settings), access_log=None)
+    await runner.setup()
+    sandbox_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", sandbox_port).start()
+    port = free_port()
+    config = {
+        "daemon": {"data_dir": str(tmp / "data")},
+        "http": {"host": "127.0.0.1", "port": port},
+        "database": {"dsn": dsn, "migrate_on_start": False, "pool_max": 20},
+        "logging": {"format": "json", "level": "warning"},
+        "pdpj": {"base_url": f"http://127.0.0.1:{sandbox_port}/api/v2", "token": "load-token"},
+        "queue": {"workers": 8, "poll_interval_s": 1.0},
+        "rate_limit": {"requests_per_s": args.rate_limit, "burst": args.rate_limit},
+    }
+    log = (tmp / "daemon.log").open("wb")
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured part
+        [sys.executable, "-m", "pdpj_async", "serve", "--no-migrate"],
+        env=env_for(config),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    pool = await db.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        api_keys = [
+            (await keys.create_key(pool, f"load-{i}", "user")).key for i in range(args.keys)
+        ]
+        connector = aiohttp.TCPConnector(limit=args.clients)
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            async with asyncio.timeout(30):
+                while True:
+                    try:
+                        async with http.get(base + "/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.1)
+            rng = random.Random(args.seed)
+            clients = [
+                Client(api_keys[i % len(api_keys)], rng.sample(numbers, 5), random.Random(i))
+                for i in range(args.clients)
+            ]
+            latencies: dict[str, list[float]] = {
+                k: [] for k in ("process", "status", "job", "jobs")
+            }
+            statuses: Counter[str] = Counter()
+            started = time.perf_counter()
+            until = started + args.duration
+            await asyncio.gather(
+                *(run_client(http, base, c, until, latencies, statuses) for c in clients)
+            )
+            elapsed = time.perf_counter() - started
+        downloaded = await pool.fetchval(
+            "SELECT count(*) FROM pdpj.documents WHERE status = 'available'"
+        )
+    finally:
+        await pool.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        await runner.cleanup()
+        await asyncio.to_thread(pg.stop, "fast")
+    every = [x for values in latencies.values() for x in values]
+    total = sum(statuses.values())
+    limited = sum(v for k, v in statuses.items() if k.endswith(":429"))
+    ok = sum(v for k, v in statuses.items() if k.split(":")[1] in ("200", "202"))
+    errors = total - ok - limited
+    return {
+        "clients": args.clients,
+        "duration_s": round(elapsed, 1),
+        "requests": total,
+        "per_s": round(total / elapsed, 1),
+        "latency_p50_ms": round(statistics.median(every) * 1000, 1) if every else 0.0,
+        "latency_p99_ms": round(percentile(every, 0.99) * 1000, 1),
+        "by_kind": {
+            k: {
+                "count": len(v),
+                "p50_ms": round(percentile(v, 0.5) * 1000, 1),
+                "p99_ms": round(percentile(v, 0.99) * 1000, 1),
+            }
+            for k, v in latencies.items()
+        },
+        "rate_limited_429": limited,
+        "errors": errors,
+        "statuses": dict(statuses),
+        "documents_downloaded_during_run": downloaded,
+        "daemon_exit_code": proc.returncode,
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--processes", type=int, default=100)
+    parser.add_argument("--documents", type=int, default=20)
+    parser.add_argument("--keys", type=int, default=20)
+    parser.add_argument("--download-ms", type=float, default=200.0)
+    parser.add_argument("--rate-limit", type=float, default=1000.0, help="per key, per second")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    result = asyncio.run(main(arguments))
+    Path(arguments.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(msgspec.json.format(msgspec.json.encode(result)).decode())
+    sys.exit(1 if result["errors"] else 0)

@@ -1,0 +1,171 @@
+"""SIGKILL the daemon again and again mid-run: nothing is lost, nothing is stored twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from pdpj_async import keys
+from pdpj_async.config import PdpjConfig, StorageConfig
+from pdpj_async.storage import Storage
+from tests.fixtures.receiver import Receiver
+from tests.fixtures.s3 import S3Bucket
+from tests.fixtures.sandbox import Sandbox
+from tests.system.harness import (
+    Fleet,
+    audit_end_state,
+    daemon_config,
+    make_number,
+    request_process,
+    wait_deliveries_settled,
+    wait_jobs_final,
+)
+
+# The last run's figures, printed for docs/RELIABILITY.md.
+SEED = int(os.environ.get("PDPJ_CRASH_SEED", "0")) or random.randrange(1, 1_000_000)
+
+
+async def crash_run(
+    *,
+    processes: int,
+    documents: int,
+    kills: int,
+    db_dsn: str,
+    tmp_path: Path,
+    sandbox: Sandbox,
+    pdpj_config: PdpjConfig,
+    s3_config: StorageConfig,
+    s3_bucket: S3Bucket,
+    s3_storage: Storage,
+    pool: asyncpg.Pool,
+    receiver: Receiver,
+    port: int,
+) -> None:
+    rng = random.Random(SEED)
+    numbers = [make_number(7000 + i) for i in range(processes)]
+    # Every download takes a while, so that the run spans the kills (the newest rule wins, so
+    # this one comes before the per-document ones).
+    await sandbox.fault(latency_ms=120)
+    for index, number in enumerate(numbers):
+        sizes = [rng.randint(1_000, 8_000) for _ in range(documents)]
+        if index < 3:
+            # A few multipart uploads (two parts), slowed down so that kills land inside them.
+            sizes[0] = 6 * 1024 * 1024
+        docs = await sandbox.override(number, documents=[{"size": s} for s in sizes])
+        if index < 3:
+            await sandbox.fault(uuid=docs[0]["uuid"], bandwidth_bps=12_000_000)
+    key = await keys.create_key(pool, "crash", "user")
+    fleet = Fleet(
+        tmp_path,
+        # A row whose lease expired max_attempts times is failed as a poison pill (it may be what
+        # kills the daemon); a kill every ~2 s is no such signal, so the budget is raised here.
+        lambda name: daemon_config(
+            db_dsn, tmp_path, pdpj_config, port, s3_config, name, queue={"max_attempts": 40}
+        ),
+    )
+    daemon = fleet.start("a")
+    base = daemon.url
+    try:
+        await daemon.wait_ready()
+
+        async def submit() -> None:
+            async with aiohttp.ClientSession() as http:
+                for number in numbers:
+                    await request_process(http, base, key.key, number, receiver.url)
+                    await asyncio.sleep(rng.uniform(0, 0.1))
+
+        submitter = asyncio.create_task(submit())
+        for pause in [rng.uniform(0.5, 2.5) for _ in range(kills)]:
+            await asyncio.sleep(pause)
+            fleet.sigkill("a")
+            await asyncio.sleep(rng.uniform(0, 0.5))
+            daemon = fleet.start("a")
+            await daemon.wait_ready()
+        await submitter
+        assert fleet.kills >= kills
+        await wait_jobs_final(pool, within_s=240)
+        await wait_deliveries_settled(pool, within_s=60)
+        assert await fleet.terminate_all() == [0]
+        # The daemons' sweeper waits a day; the end of the run is "a day later".
+        await s3_storage.sweep(older_than_s=0)
+        audit = await audit_end_state(pool, sandbox, s3_bucket, receiver)
+        assert audit.documents == processes * documents
+        assert audit.jobs == processes
+        print(
+            f"crash run seed={SEED}: kills={fleet.kills} documents={audit.documents} "
+            f"objects={audit.objects} jobs={audit.jobs} "
+            f"webhooks_received={audit.deliveries_received} lost=0"
+        )
+    except BaseException:
+        print(f"crash run seed={SEED} (PDPJ_CRASH_SEED to replay)\n{fleet.logs()[-6000:]}")
+        raise
+    finally:
+        fleet.stop_all()
+
+
+@pytest.mark.timeout(400)
+async def test_sigkill_ten_times_loses_nothing(
+    db_dsn: str,
+    tmp_path: Path,
+    sandbox: Sandbox,
+    pdpj_config: PdpjConfig,
+    s3_config: StorageConfig,
+    s3_bucket: S3Bucket,
+    s3_storage: Storage,
+    pool: asyncpg.Pool,
+    receiver: Receiver,
+    unused_tcp_port_factory: Any,
+) -> None:
+    await crash_run(
+        processes=30,
+        documents=20,
+        kills=10,
+        db_dsn=db_dsn,
+        tmp_path=tmp_path,
+        sandbox=sandbox,
+        pdpj_config=pdpj_config,
+        s3_config=s3_config,
+        s3_bucket=s3_bucket,
+        s3_storage=s3_storage,
+        pool=pool,
+        receiver=receiver,
+        port=unused_tcp_port_factory(),
+    )
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1800)
+async def test_soak_sigkill_forty_times(
+    db_dsn: str,
+    tmp_path: Path,
+    sandbox: Sandbox,
+    pdpj_config: PdpjConfig,
+    s3_config: StorageConfig,
+    s3_bucket: S3Bucket,
+    s3_storage: Storage,
+    pool: asyncpg.Pool,
+    receiver: Receiver,
+    unused_tcp_port_factory: Any,
+) -> None:
+    await crash_run(
+        processes=60,
+        documents=40,
+        kills=40,
+        db_dsn=db_dsn,
+        tmp_path=tmp_path,
+        sandbox=sandbox,
+        pdpj_config=pdpj_config,
+        s3_config=s3_config,
+        s3_bucket=s3_bucket,
+        s3_storage=s3_storage,
+        pool=pool,
+        receiver=receiver,
+        port=unused_tcp_port_factory(),
+    )
