@@ -38,11 +38,27 @@ async def _start_sandbox(port: int, token: str) -> web.AppRunner:
 
 
 def _start_moto(port: int) -> Any:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server
+
+
+async def _create_bucket(storage: Any) -> None:
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=storage.endpoint_url,
+        region_name=storage.region,
+        aws_access_key_id=storage.access_key_id,
+        aws_secret_access_key=storage.secret_access_key,
+    ) as client:
+        await client.create_bucket(Bucket=storage.bucket)
 
 
 async def _admin_key(config: Config, path: Path) -> str:
@@ -112,6 +128,7 @@ async def run(config: Config, *, sandbox_port: int, s3_port: int | None) -> int:
             secret_access_key="dev-secret",  # noqa: S106 - moto accepts any credentials
             addressing_style="path",
         )
+        await _create_bucket(storage)
     config = _replace(
         config,
         pdpj=_replace(config.pdpj, base_url=f"http://127.0.0.1:{sandbox_port}/api/v2", token=token),
