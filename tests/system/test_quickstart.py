@@ -35,17 +35,19 @@ def bash(command: str, cwd: Path) -> str:
 
 
 @pytest.mark.skipif(not Path("/usr/bin/curl").exists(), reason="the quick start uses curl")
+@pytest.mark.parametrize("storage", ["filesystem", "s3"])
 async def test_quick_start_commands_work_verbatim(
-    tmp_path: Path, unused_tcp_port_factory: Any
+    tmp_path: Path, unused_tcp_port_factory: Any, storage: str
 ) -> None:
     port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
+    s3 = ["--s3", "--s3-port", str(unused_tcp_port_factory())] if storage == "s3" else []
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDPJ_ASYNC")}
     env["PDPJ_ASYNC__DAEMON__DATA_DIR"] = str(tmp_path / "data")
     env["PDPJ_ASYNC__LOGGING__FORMAT"] = "json"
     log = (tmp_path / "dev.log").open("wb")
     proc = subprocess.Popen(  # noqa: ASYNC220 - read line by line in a thread
         [sys.executable, "-m", "pdpj_async", "dev", "--port", str(port),
-         "--sandbox-port", str(sandbox_port)],
+         "--sandbox-port", str(sandbox_port), *s3],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log,
     )  # fmt: skip
     try:
