@@ -10,9 +10,17 @@ case runs in a fresh subprocess, so that its peak RSS (ru_maxrss) is that case's
 - limit: the same bytes PUT from memory to the same store with the same client (filesystem:
          one write from memory, fsync); the bytes are made before the clock starts.
 
-S3 is moto's server in its own process; objects are deleted between cases.
+Two more references, to show where a gap comes from (reported, not targets):
 
-    .venv/bin/python -P bench/pipeline.py [--sizes 1MiB,64MiB,1GiB] [--out ...]
+- limit_mp: S3 only, the same bytes uploaded multipart from memory (same part size and parts
+         in flight as ours), then CompleteMultipartUpload, whose duration is reported;
+- download: the upstream alone, the same client and stream, hashed, bytes discarded.
+
+S3 is moto's server in its own process; objects are deleted between cases. Each case also
+reports the CPU seconds the client, the sandbox and moto spent on it. `--runs N` repeats the
+whole matrix; the JSON holds medians, the summary ranges and within-run ratios.
+
+    .venv/bin/python -P bench/pipeline.py [--runs 3] [--sizes 1MiB,64MiB,1GiB] [--out ...]
 
 (-P keeps bench/ off sys.path, where bench/queue.py would shadow the stdlib module.)
 """
@@ -21,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +48,7 @@ from typing import Any
 
 MIB = 1024 * 1024
 SIZES = {"1MiB": MIB, "64MiB": 64 * MIB, "1GiB": 1024 * MIB}
-METHODS = ("ours", "seed", "limit")
+METHODS = ("ours", "seed", "limit", "limit_mp", "download")
 NUMBER = "10117457720258110041"
 TOKEN = "bench-token"
 BUCKET = "bench"
@@ -121,12 +131,16 @@ async def run_case(args: argparse.Namespace) -> dict[str, float]:
     key = f"processos/{NUMBER}/documentos/{args.uuid}/documento.pdf"
     href = f"/processos/{NUMBER}/documentos/{args.uuid}/binario"
     size = args.size
+    extra: dict[str, float] = {}
     try:
-        if args.method == "limit":
+        if args.method in ("limit", "limit_mp"):
             # Made before the clock starts: the limit is the store alone.
             data = b"".join(document_chunks(args.uuid, size, "application/pdf"))
             started = time.perf_counter()
-            await put_whole(store, key, data)
+            if args.method == "limit":
+                await put_whole(store, key, data)
+            else:
+                extra["complete_s"] = await put_multipart(store, key, data, config.storage)
         elif args.method == "seed":
             started = time.perf_counter()
             with tempfile.NamedTemporaryFile(dir=args.data_dir) as tmp:
@@ -143,6 +157,17 @@ async def run_case(args: argparse.Namespace) -> dict[str, float]:
                 tmp.seek(0)
                 data = tmp.read()
             await put_whole(store, key, data)
+        elif args.method == "download":
+            # The upstream alone: the same client and stream, hashed, the bytes discarded.
+            started = time.perf_counter()
+            digest = hashlib.sha256()
+            async with (
+                PdpjClient(config.pdpj, TokenProvider(TOKEN)) as upstream,
+                upstream.stream_document(href, "application/pdf") as stream,
+            ):
+                async for chunk in stream.chunks():
+                    digest.update(chunk)
+            assert digest.hexdigest() == args.sha256
         else:
             tokens = TokenProvider(TOKEN)
             async with PdpjClient(config.pdpj, tokens) as upstream:
@@ -174,11 +199,15 @@ async def run_case(args: argparse.Namespace) -> dict[str, float]:
         assert landed is not None and landed.stat().st_size == size
     else:
         assert isinstance(store, S3Storage)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kib = usage.ru_maxrss
     return {
         "mb_per_s": round(size / 1e6 / elapsed, 1),
         "peak_rss_mb": round(peak_kib * 1024 / 1e6, 1),
         "seconds": round(elapsed, 3),
+        # The whole process (imports included): comparable between cases, not absolute.
+        "cpu_client_s": round(usage.ru_utime + usage.ru_stime, 2),
+        **extra,
     }
 
 
@@ -199,6 +228,36 @@ async def put_whole(store: Any, key: str, data: bytes) -> None:
             os.fsync(f.fileno())
 
     await asyncio.to_thread(write)
+
+
+async def put_multipart(store: Any, key: str, data: bytes, config: Any) -> float:
+    """The same bytes multipart from memory (S3 only): parts of `part_size`, `parts_in_flight`
+    at once, then CompleteMultipartUpload; returns the seconds the completion took."""
+    from pdpj_async.storage_s3 import S3Storage
+
+    if not isinstance(store, S3Storage):
+        await put_whole(store, key, data)
+        return 0.0
+    client = store.client
+    upload = await client.create_multipart_upload(Bucket=BUCKET, Key=key)
+    slots = asyncio.Semaphore(config.parts_in_flight)
+    view = memoryview(data)
+
+    async def part(number: int, offset: int) -> dict[str, Any]:
+        async with slots:
+            answer = await client.upload_part(
+                Bucket=BUCKET, Key=key, UploadId=upload["UploadId"], PartNumber=number,
+                Body=bytes(view[offset : offset + config.part_size]),
+            )  # fmt: skip
+        return {"PartNumber": number, "ETag": answer["ETag"]}
+
+    offsets = range(0, len(data), config.part_size)
+    parts = await asyncio.gather(*(part(n, o) for n, o in enumerate(offsets, 1)))
+    started = time.perf_counter()
+    await client.complete_multipart_upload(
+        Bucket=BUCKET, Key=key, UploadId=upload["UploadId"], MultipartUpload={"Parts": parts}
+    )
+    return round(time.perf_counter() - started, 3)
 
 
 # ---- the driver ----
@@ -231,10 +290,70 @@ def clear(backend: str, s3: Any, root: Path) -> None:
         root.mkdir(parents=True)
 
 
+def line(backend: str, name: str, method: str, figures: dict[str, float]) -> str:
+    """One case's figures as a log line."""
+    text = (
+        f"{backend:3} {name:6} {method:8} {figures['mb_per_s']:8.1f} MB/s "
+        f"{figures['peak_rss_mb']:7.1f} MB peak RSS {figures['seconds']:7.2f} s  "
+        f"cpu s: client {figures['cpu_client_s']:.2f} sandbox {figures['cpu_sandbox_s']:.2f} "
+        f"moto {figures['cpu_moto_s']:.2f}"
+    )
+    if "complete_s" in figures:
+        text += f"  complete {figures['complete_s']:.2f} s"
+    return text
+
+
+Results = dict[str, dict[str, dict[str, dict[str, float]]]]
+
+
+def summarise(runs: list[Results]) -> tuple[dict[str, Any], list[str]]:
+    """Medians per case (the JSON) and a text summary with ranges and within-run ratios."""
+    report: dict[str, Any] = {}
+    text: list[str] = []
+    first = runs[0]
+    for backend, by_size in first.items():
+        report[backend] = {}
+        for name, by_method in by_size.items():
+            report[backend][name] = {}
+            for method in by_method:
+                cases = [run[backend][name][method] for run in runs]
+                speeds = [c["mb_per_s"] for c in cases]
+                rss = [c["peak_rss_mb"] for c in cases]
+                report[backend][name][method] = {
+                    "mb_per_s": round(statistics.median(speeds), 1),
+                    "peak_rss_mb": round(statistics.median(rss), 1),
+                }
+                extra = ""
+                if "complete_s" in cases[0]:
+                    done = [c["complete_s"] for c in cases]
+                    extra = f"  complete {statistics.median(done):.2f} s [{min(done)}-{max(done)}]"
+                text.append(
+                    f"{backend:3} {name:6} {method:8} "
+                    f"{statistics.median(speeds):7.1f} MB/s [{min(speeds)}-{max(speeds)}]  "
+                    f"{statistics.median(rss):7.1f} MB [{min(rss)}-{max(rss)}]{extra}"
+                )
+            for reference in ("limit", "limit_mp", "download"):
+                if "ours" not in by_method or reference not in by_method:
+                    continue
+                ratios = [
+                    run[backend][name]["ours"]["mb_per_s"]
+                    / run[backend][name][reference]["mb_per_s"]
+                    for run in runs
+                ]
+                text.append(
+                    f"{backend:3} {name:6} ours/{reference} throughput (within each run): "
+                    f"median {statistics.median(ratios):.2f}, "
+                    f"runs {', '.join(f'{r:.2f}' for r in ratios)}"
+                )
+    return report, text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--backends", default="s3,fs")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole matrix")
     parser.add_argument("--out", default=str(ROOT / "bench/results/pipeline.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("method", "backend", "uuid", "size", "sha256", "sandbox", "s3", "root",
@@ -246,8 +365,11 @@ def main() -> int:
         print(json.dumps(asyncio.run(run_case(args))))
         return 0
 
+    import urllib.request
+
     import boto3
     import msgspec
+    import psutil
 
     from pdpj_async.sandbox_data import document_sha256
 
@@ -258,14 +380,18 @@ def main() -> int:
     sandbox_argv = [sys.executable, "-m", "pdpj_async", "sandbox", "--port", str(sandbox_port),
                     "--token", TOKEN]  # fmt: skip
     moto_argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)]
-    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    runs: list[Results] = []
     with (
         tempfile.TemporaryDirectory(prefix="pdpj-bench-") as tmp,
-        service(sandbox_argv, args.sandbox + "/_sandbox/stats"),
-        service(moto_argv, s3_url),
+        service(sandbox_argv, args.sandbox + "/_sandbox/stats") as sandbox_proc,
+        service(moto_argv, s3_url) as moto_proc,
     ):
-        import urllib.request
-
+        # CPU seconds the servers spend on each case: load-independent evidence of where
+        # the work goes (moto's multipart costs more than its single PUT).
+        servers = {
+            "sandbox": psutil.Process(sandbox_proc.pid),
+            "moto": psutil.Process(moto_proc.pid),
+        }
         docs = [{"size": size, "name": f"doc-{name}.pdf"} for name, size in sizes.items()]
         request = urllib.request.Request(
             args.sandbox + "/_sandbox/processes",
@@ -281,34 +407,31 @@ def main() -> int:
         s3.create_bucket(Bucket=BUCKET)
         root, data_dir = Path(tmp, "objects"), Path(tmp, "data")
         data_dir.mkdir()
-        for backend in args.backends.split(","):
-            results[backend] = {}
-            for (name, size), doc in zip(sizes.items(), served, strict=True):
-                sha256 = document_sha256(doc["uuid"], size, "application/pdf")
-                results[backend][name] = {}
-                for method in METHODS:
+        for run in range(args.runs):
+            print(f"--- run {run + 1} of {args.runs}, load average {os.getloadavg()}", flush=True)
+            results: Results = {}
+            for backend in args.backends.split(","):
+                results[backend] = {}
+                for (name, size), doc in zip(sizes.items(), served, strict=True):
+                    sha256 = document_sha256(doc["uuid"], size, "application/pdf")
+                    results[backend][name] = {}
+                    for method in args.methods.split(","):
+                        if backend == "fs" and method in ("limit_mp", "download"):
+                            continue  # multipart is S3's; the download is the same for both
+                        clear(backend, s3, root)
+                        before = {n: sum(p.cpu_times()[:2]) for n, p in servers.items()}
+                        figures = run_child(args, backend, method, doc["uuid"], size, sha256,
+                                            s3_url, str(root), str(data_dir))  # fmt: skip
+                        for n, p in servers.items():
+                            figures[f"cpu_{n}_s"] = round(sum(p.cpu_times()[:2]) - before[n], 2)
+                        results[backend][name][method] = figures
+                        print(line(backend, name, method, figures), flush=True)
                     clear(backend, s3, root)
-                    figures = run_child(args, backend, method, doc["uuid"], size, sha256, s3_url,
-                                        str(root), str(data_dir))  # fmt: skip
-                    results[backend][name][method] = figures
-                    print(f"{backend:3} {name:6} {method:6} {figures['mb_per_s']:8.1f} MB/s "
-                          f"{figures['peak_rss_mb']:7.1f} MB peak RSS", flush=True)  # fmt: skip
-                clear(backend, s3, root)
-    report = {
-        backend: {
-            name: {
-                m: {"mb_per_s": r["mb_per_s"], "peak_rss_mb": r["peak_rss_mb"]}
-                for m, r in by_method.items()
-            }
-            for name, by_method in by_size.items()
-        }
-        for backend, by_size in results.items()
-    }
+            runs.append(results)
+    report, text = summarise(runs)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    for backend, by_size in report.items():
-        for name, by_method in by_size.items():
-            ratio = by_method["ours"]["mb_per_s"] / by_method["limit"]["mb_per_s"]
-            print(f"{backend} {name}: ours/limit throughput = {ratio:.2f}")
+    print(f"--- medians of {len(runs)} run(s) [min-max]")
+    print("\n".join(text))
     print("python", platform.python_version(), "cpus", os.cpu_count())
     return 0
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections import deque
+import io
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -76,8 +76,11 @@ def _boundary(operation: str) -> Iterator[None]:
 class S3Writer(WriterBase):
     """Fills parts of `part_size`, keeps up to `parts_in_flight` uploading, completes or aborts.
 
-    Memory: at most one part being filled (plus the tail of the last chunk) and
-    `parts_in_flight` parts uploading, whatever the object's size.
+    Memory: at most `parts_in_flight` parts uploading plus the one being filled, whatever
+    the object's size. Each part is a BytesIO filled in place and handed to botocore as is:
+    a `bytes` body would be joined once here and copied again by botocore (it wraps bytes
+    in a BytesIO whose `getbuffer()`, called by aiohttp, unshares the buffer), and aiohttp
+    sends a BytesIO in 256 KiB slices, so the socket buffer never holds a copy of a part.
     """
 
     def __init__(
@@ -101,8 +104,7 @@ class S3Writer(WriterBase):
         self._metadata = metadata
         self._hash = hashlib.sha256()
         self._size = 0
-        self._pending: deque[bytes | memoryview] = deque()
-        self._pending_size = 0
+        self._part = io.BytesIO()
         self._upload_id: str | None = None
         self._next_part = 1
         self._etags: dict[int, str] = {}
@@ -121,19 +123,24 @@ class S3Writer(WriterBase):
         return self._hash.hexdigest()
 
     async def write(self, chunk: bytes) -> None:
-        """Add bytes; a part is uploaded whenever more than one is buffered. Raises StorageError."""
+        """Add bytes; a full part is uploaded once more bytes follow it. Raises StorageError."""
         if self._done:
             raise StorageError("write after commit or abort")
         if not chunk:
             return
         self._hash.update(chunk)
         self._size += len(chunk)
-        self._pending.append(chunk)
-        self._pending_size += len(chunk)
         try:
-            # Strictly more than a part: a body of exactly one part stays a single PUT.
-            while self._pending_size > self._part_size:
-                await self._send_part(self._take(self._part_size))
+            view = memoryview(chunk)
+            while view:
+                room = self._part_size - self._part.tell()
+                if not room:
+                    # Sent only when more bytes follow: a body of exactly one part stays a
+                    # single PUT. Waiting here for a slot is the backpressure on the download.
+                    await self._send_part()
+                    room = self._part_size
+                self._part.write(view[:room])
+                view = view[room:]
         except BaseException:
             await self.abort()
             raise
@@ -156,23 +163,8 @@ class S3Writer(WriterBase):
             await self._tag_sha256(sha256)
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
 
-    def _take(self, n: int) -> bytes:
-        pieces: list[bytes | memoryview] = []
-        need = n
-        while need:
-            head = self._pending[0]
-            if len(head) <= need:
-                pieces.append(self._pending.popleft())
-                need -= len(head)
-            else:
-                view = memoryview(head)
-                pieces.append(view[:need])
-                self._pending[0] = view[need:]
-                need = 0
-        self._pending_size -= n
-        return b"".join(pieces)
-
-    async def _send_part(self, body: bytes) -> None:
+    async def _send_part(self) -> None:
+        """Start uploading the filled part once a slot is free; the next part starts empty."""
         await self._slots.acquire()
         try:
             if self._failure is not None:
@@ -192,13 +184,15 @@ class S3Writer(WriterBase):
         except BaseException:
             self._slots.release()
             raise
+        body, self._part = self._part, io.BytesIO()
+        body.seek(0)
         number = self._next_part
         self._next_part += 1
         task = asyncio.create_task(self._upload_part(number, body), name=f"s3_part_{number}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _upload_part(self, number: int, body: bytes) -> None:
+    async def _upload_part(self, number: int, body: io.BytesIO) -> None:
         assert self._upload_id is not None
         try:
             with _boundary("UploadPart"):
@@ -215,10 +209,13 @@ class S3Writer(WriterBase):
             if self._failure is None:
                 self._failure = exc
         finally:
+            # Frees the part now (botocore's retries, which rewind it, are over).
+            body.close()
             self._slots.release()
 
     async def _put_single(self, sha256: str) -> str | None:
-        body = self._take(self._pending_size)
+        body, self._part = self._part, io.BytesIO()
+        body.seek(0)
         with _boundary("PutObject"):
             answer = await self._client.put_object(
                 Bucket=self._bucket,
@@ -232,8 +229,8 @@ class S3Writer(WriterBase):
 
     async def _complete(self) -> str | None:
         assert self._upload_id is not None
-        if self._pending_size:
-            await self._send_part(self._take(self._pending_size))
+        if self._part.tell():
+            await self._send_part()
         await asyncio.gather(*self._tasks)
         if self._failure is not None:
             raise self._failure
@@ -262,8 +259,7 @@ class S3Writer(WriterBase):
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._pending.clear()
-        self._pending_size = 0
+        self._part = io.BytesIO()
         if self._upload_id is None:
             return
         try:
