@@ -1,75 +1,83 @@
-# ruff: noqa: E402
 """Webhook benchmark: the outbox + sender against a local receiver, next to plain aiohttp POSTs.
 
 One process, one event loop (uvloop), one embedded PostgreSQL (fsync off), one receiver on
-127.0.0.1. Payloads are job.completed messages with 20 documents (~5 KB of JSON).
+127.0.0.1 in the same loop (its cost is in both measures). Payloads are job.completed messages
+with 20 documents (~5.5 KB of JSON).
 
-- limit: the same bodies POSTed to the same receiver with a bare aiohttp session, at the
-  sender's concurrency: deliveries/s with nothing but HTTP.
-- ours, throughput: N deliveries committed in one transaction (one NOTIFY each) while the
-  sender idles; deliveries/s from the commit to the receiver having the last one (each is
-  claimed, signed, POSTed, and its attempt and new status committed).
+- ours, throughput: N deliveries committed in one transaction (one NOTIFY each, as the job-final
+  path writes them) while the sender idles; deliveries/s from the commit returning to the
+  receiver having the last one. Each is claimed, decoded, signed, POSTed, and its attempt and new
+  status recorded; the bookkeeping of the last batch is waited for before the next measure.
+- limit: the same bodies POSTed to the same receiver by a bare aiohttp session, at the sender's
+  concurrency, right after; deliveries/s from the first POST to the receiver having the last.
 - ours, latency: messages committed one at a time into an idle sender; the time from the
-  commit returning to the receiver having the request (job final → receiver has it).
+  commit returning to the receiver having the request (job final -> receiver has it).
 
-    .venv/bin/python bench/webhooks.py [--messages 2000] [--samples 200] [--runs 3]
+Also reported per run: this process's CPU time per delivery on each side, PostgreSQL's CPU time
+per delivery during ours, and the HTTP connections each side opened (keep-alive on both).
+
+    .venv/bin/python -P bench/webhooks.py [--messages 2000] [--samples 200] [--runs 5]
+
+(-P: bench/queue.py would otherwise shadow the stdlib's queue module.)
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# bench/queue.py would shadow the stdlib's queue module (used by asyncio's thread pool).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import msgspec
+import psutil
 import uvloop
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pdpj_async import db, keys, webhooks
-from pdpj_async.config import WebhooksConfig
-from pdpj_async.embedded_pg import EmbeddedPostgres
-from pdpj_async.logs import configure
-from pdpj_async.sender import Sender
+from pdpj_async import db, keys, webhooks  # noqa: E402
+from pdpj_async.config import WebhooksConfig  # noqa: E402
+from pdpj_async.embedded_pg import EmbeddedPostgres  # noqa: E402
+from pdpj_async.logs import configure  # noqa: E402
+from pdpj_async.sender import Sender  # noqa: E402
 
 SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 CONCURRENCY = 16
 
 
 class Receiver:
-    """Answers 200 and notes when each webhook-id arrived."""
+    """Answers 200 and notes when each webhook-id arrived, and over which connection."""
 
     def __init__(self) -> None:
         self.arrived: dict[str, float] = {}
+        self.peers: set[Any] = set()
         self.expected = 0
         self.all_in = asyncio.Event()
         self.url = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
-        self.arrived[request.headers.get("webhook-id", str(len(self.arrived)))] = (
-            time.perf_counter()
-        )
+        now = time.perf_counter()
+        self.arrived[request.headers.get("webhook-id", str(len(self.arrived)))] = now
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         if len(self.arrived) >= self.expected:
             self.all_in.set()
         return web.Response(text="ok")
 
     def expect(self, n: int) -> None:
         self.arrived.clear()
+        self.peers.clear()
         self.expected = n
         self.all_in.clear()
 
@@ -83,6 +91,35 @@ class Receiver:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}/hook"
         return runner
+
+
+class Phase(msgspec.Struct):
+    """One measured side of one run."""
+
+    per_s: float
+    cpu_us: float  # this process's CPU time per delivery
+    connections: int
+    pg_cpu_us: float = 0.0  # PostgreSQL's CPU time per delivery
+
+
+class PgCpu:
+    """CPU seconds used so far by the embedded server's processes (live and exited)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+        self.postmaster = psutil.Process(pid)
+
+    def seconds(self) -> float:
+        total = 0.0
+        for proc in [self.postmaster, *self.postmaster.children(recursive=True)]:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+            if proc is self.postmaster:
+                total += t.children_user + t.children_system
+        return total
 
 
 def payload() -> dict[str, Any]:
@@ -119,8 +156,8 @@ async def enqueue(conn: Any, key_id: int, url: str) -> str:
     )
 
 
-async def limit_run(receiver: Receiver, bodies: list[bytes]) -> float:
-    """Plain POSTs of the same bodies at the same concurrency: deliveries/s."""
+async def limit_run(receiver: Receiver, bodies: list[bytes]) -> Phase:
+    """Plain POSTs of the same bodies at the same concurrency, over kept-alive connections."""
     receiver.expect(len(bodies))
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
@@ -134,19 +171,51 @@ async def limit_run(receiver: Receiver, bodies: list[bytes]) -> float:
                 async with session.post(receiver.url, data=body, headers=headers) as resp:
                     await resp.read()
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return len(bodies) / (time.perf_counter() - started)
+        cpu = time.process_time() - cpu
+    n = len(bodies)
+    return Phase(
+        per_s=n / (max(receiver.arrived.values()) - started),
+        cpu_us=cpu / n * 1e6,
+        connections=len(receiver.peers),
+    )
 
 
-async def throughput_run(pool: asyncpg.Pool, receiver: Receiver, key_id: int, n: int) -> float:
+async def throughput_run(
+    pool: asyncpg.Pool, receiver: Receiver, key_id: int, n: int, pg: PgCpu
+) -> Phase:
     receiver.expect(n)
     async with pool.acquire() as conn, conn.transaction():
         for _ in range(n):
             await enqueue(conn, key_id, receiver.url)
-    started = time.perf_counter()
+    started, cpu, pg_cpu = time.perf_counter(), time.process_time(), pg.seconds()
     await asyncio.wait_for(receiver.all_in.wait(), 300)
-    return n / (max(receiver.arrived.values()) - started)
+    per_s = n / (max(receiver.arrived.values()) - started)
+    await drained(pool)
+    return Phase(
+        per_s=per_s,
+        # Up to the last attempt recorded: the bookkeeping is part of the sender's work.
+        cpu_us=(time.process_time() - cpu) / n * 1e6,
+        connections=len(receiver.peers),
+        pg_cpu_us=(pg.seconds() - pg_cpu) / n * 1e6,
+    )
+
+
+async def unchanged(payload: dict[str, Any]) -> dict[str, Any]:
+    """The cheapest hook: what the daemon's adds before signing any URL (decode + encode)."""
+    return payload
+
+
+@contextlib.asynccontextmanager
+async def running(sender: Sender) -> AsyncIterator[None]:
+    # A sender per phase: a stopped one does not start again.
+    await sender.start()
+    try:
+        yield
+    finally:
+        await sender.stop()
+        assert not sender.failed.done(), "the sender died"
 
 
 async def latency_run(
@@ -170,8 +239,16 @@ async def drained(pool: asyncpg.Pool) -> None:
     for _ in range(6000):
         if not await pool.fetchval(sql):
             return
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.005)
     raise TimeoutError("deliveries left undelivered")
+
+
+def spread(values: list[float], digits: int = 1) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,48 +259,94 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await db.migrate(dsn)
             pool = await db.create_pool(dsn, min_size=4, max_size=30)
+            pg = PgCpu(server.pgdata)
             receiver = Receiver()
             runner = await receiver.start()
             key = await keys.create_key(pool, "bench", "user")
             config = WebhooksConfig(
                 allow_private_networks=True, concurrency=CONCURRENCY, poll_interval_s=1.0
             )
-            sender = Sender(pool, config, dsn=dsn, instance_id="bench")
-            await sender.start()
-            limits, ours, p50s, p99s = [], [], [], []
+
+            def plain() -> Sender:
+                return Sender(pool, config, dsn=dsn, instance_id="bench")
+
+            def hooked() -> Sender:
+                return Sender(
+                    pool, config, dsn=dsn, instance_id="bench", finalize_payload=unchanged
+                )
+
+            ours: list[Phase] = []
+            hooks: list[Phase] = []
+            limits: list[Phase] = []
+            p50s: list[float] = []
+            p99s: list[float] = []
             try:
                 for run in range(args.runs):
-                    ours.append(await throughput_run(pool, receiver, key.info.id, args.messages))
-                    await drained(pool)
+                    async with running(hooked()):
+                        hooks.append(
+                            await throughput_run(pool, receiver, key.info.id, args.messages, pg)
+                        )
+                    await pool.execute("TRUNCATE pdpj.webhook_deliveries CASCADE")
+                    async with running(plain()):
+                        ours.append(
+                            await throughput_run(pool, receiver, key.info.id, args.messages, pg)
+                        )
+                    # The very bytes the sender (without a hook) sent: the stored JSON text.
                     rows = await pool.fetch(
-                        "SELECT payload FROM pdpj.webhook_deliveries LIMIT $1", args.messages
+                        "SELECT payload::text AS body FROM pdpj.webhook_deliveries LIMIT $1",
+                        args.messages,
                     )
-                    bodies = [msgspec.json.encode(r["payload"]) for r in rows]
+                    bodies = [r["body"].encode() for r in rows]
                     limits.append(await limit_run(receiver, bodies))
-                    lat = await latency_run(pool, receiver, key.info.id, args.samples)
-                    await drained(pool)
-                    p50s.append(statistics.median(lat))
-                    p99s.append(statistics.quantiles(lat, n=100)[98])
+                    if args.samples:
+                        async with running(plain()):
+                            lat = await latency_run(pool, receiver, key.info.id, args.samples)
+                            await drained(pool)
+                        p50s.append(statistics.median(lat))
+                        p99s.append(statistics.quantiles(lat, n=100)[98])
+                    o, h, lim = ours[-1], hooks[-1], limits[-1]
                     print(
-                        f"run {run + 1}: ours {ours[-1]:.0f}/s, limit {limits[-1]:.0f}/s, "
-                        f"p50 {p50s[-1]:.1f} ms, p99 {p99s[-1]:.1f} ms",
+                        f"run {run + 1}: ours {o.per_s:.0f}/s, limit {lim.per_s:.0f}/s, "
+                        f"ratio {o.per_s / lim.per_s:.2f} (with hook {h.per_s / lim.per_s:.2f}); "
+                        f"CPU/delivery ours {o.cpu_us:.0f} us (+ PostgreSQL {o.pg_cpu_us:.0f} us)"
+                        f", with hook {h.cpu_us:.0f} us, limit {lim.cpu_us:.0f} us; "
+                        f"connections {o.connections}/{lim.connections}"
+                        + (f"; p50 {p50s[-1]:.1f} ms, p99 {p99s[-1]:.1f} ms" if p50s else ""),
                         file=sys.stderr,
                     )
                     await pool.execute("TRUNCATE pdpj.webhook_deliveries CASCADE")
             finally:
-                await sender.stop()
                 await runner.cleanup()
                 await pool.close()
         finally:
             await asyncio.to_thread(server.stop)
+    ratios = [o.per_s / lim.per_s for o, lim in zip(ours, limits, strict=True)]
+    hook_ratios = [h.per_s / lim.per_s for h, lim in zip(hooks, limits, strict=True)]
     return {
         "ours": {
-            "per_s": round(statistics.median(ours), 1),
-            "latency_p50_ms": round(statistics.median(p50s), 2),
-            "latency_p99_ms": round(statistics.median(p99s), 2),
+            "per_s": round(statistics.median(o.per_s for o in ours), 1),
+            "latency_p50_ms": round(statistics.median(p50s), 2) if p50s else None,
+            "latency_p99_ms": round(statistics.median(p99s), 2) if p99s else None,
         },
-        "limit": {"per_s": round(statistics.median(limits), 1)},
-        "ratio": round(statistics.median(ours) / statistics.median(limits), 3),
+        "limit": {"per_s": round(statistics.median(lim.per_s for lim in limits), 1)},
+        # Median of the per-run ratios: each run's sides were measured back to back.
+        "ratio": spread(ratios, 3),
+        # The daemon's sender has a hook (fresh download URLs): it decodes and re-encodes.
+        "ours_with_hook": {
+            "per_s": round(statistics.median(h.per_s for h in hooks), 1),
+            "ratio": spread(hook_ratios, 3),
+        },
+        "per_run": {
+            "ours_per_s": [round(o.per_s, 1) for o in ours],
+            "limit_per_s": [round(lim.per_s, 1) for lim in limits],
+            "ours_cpu_us": [round(o.cpu_us) for o in ours],
+            "ours_pg_cpu_us": [round(o.pg_cpu_us) for o in ours],
+            "ours_with_hook_per_s": [round(h.per_s, 1) for h in hooks],
+            "ours_with_hook_cpu_us": [round(h.cpu_us) for h in hooks],
+            "limit_cpu_us": [round(lim.cpu_us) for lim in limits],
+            "latency_p50_ms": [round(v, 2) for v in p50s],
+            "latency_p99_ms": [round(v, 2) for v in p99s],
+        },
         "messages": args.messages,
         "latency_samples": args.samples,
         "runs": args.runs,
@@ -235,7 +358,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=200)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "webhooks.json"))
     arguments = parser.parse_args()
     result = uvloop.run(main(arguments))

@@ -35,6 +35,8 @@ _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 
 Pool = asyncpg.Pool
+# What an unreachable or restarting database raises; loops back off and carry on.
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 # Something that runs queries inside a transaction, and something that runs them at all.
 Connection = asyncpg.Connection | PoolConnectionProxy
 Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import random
 import secrets
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +19,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import msgspec
+from yarl import URL
 
 from . import __version__, queries
 from .config import WebhooksConfig
+from .db import DB_ERRORS
 from .errors import WebhookUrlRefused
 from .logs import get_logger
 from .ssrf import ConnectRefused, GuardedResolver, Resolver, UrlGuard
@@ -29,8 +33,16 @@ log = get_logger(__name__)
 
 _SQL = queries.load("webhooks")
 _encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
 
 USER_AGENT = f"pdpj-async/{__version__} (+webhooks)"
+# Finished attempts are written together: at most this long after the first, or as soon as
+# twice `concurrency` are waiting.
+RECORD_WAIT_S = 0.02
+RECORD_TRIES = 3
+# Deliveries claimed ahead of the free slots, in rounds of `concurrency` (fewer if the lease is
+# too short for them to wait).
+CLAIM_AHEAD_ROUNDS = 2
 # Fills fresh download URLs (or anything else only known at send time) into a stored payload.
 FinalizePayload = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -56,6 +68,8 @@ class WebhookClient:
         self.config = config
         self.guard = UrlGuard(config, resolver)
         self._session: aiohttp.ClientSession | None = None
+        # The static check depends on the URL and the config alone: once per URL, not per POST.
+        self._checked = functools.lru_cache(maxsize=1024)(self._check_static)
 
     async def start(self) -> None:
         """Open the HTTP session."""
@@ -85,10 +99,9 @@ class WebhookClient:
         """One signed POST; never raises for a receiver's failure, returns it instead."""
         assert self._session is not None, "WebhookClient.start() was not called"
         started = time.perf_counter()
-        try:
-            self.guard.check_static(url)
-        except WebhookUrlRefused as exc:
-            return AttemptResult(status_code=None, latency_ms=0.0, error=f"refused: {exc.detail}")
+        checked = self._checked(url)
+        if isinstance(checked, str):
+            return AttemptResult(status_code=None, latency_ms=0.0, error=f"refused: {checked}")
         timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
@@ -99,7 +112,7 @@ class WebhookClient:
         }
         try:
             async with self._session.post(
-                url, data=body, headers=headers, allow_redirects=False
+                checked, data=body, headers=headers, allow_redirects=False
             ) as response:
                 text = await _read_capped(response, self.config.max_response_bytes)
                 return AttemptResult(
@@ -119,6 +132,13 @@ class WebhookClient:
             status_code=None, latency_ms=_ms_since(started), error=error[:MAX_TEXT]
         )
 
+    def _check_static(self, url: str) -> URL | str:
+        # The parsed URL, or why it is refused.
+        try:
+            return self.guard.check_static(url)
+        except WebhookUrlRefused as exc:
+            return exc.detail
+
 
 def _setter(event: asyncio.Event) -> Callable[[object], None]:
     return lambda _conn: event.set()
@@ -135,7 +155,7 @@ def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> str:
     chunks: list[bytes] = []
     size = 0
-    while size < limit:
+    while size < limit and not response.content.at_eof():
         chunk = await response.content.read(limit - size)
         if not chunk:
             break
@@ -171,8 +191,23 @@ def next_delay(config: WebhooksConfig, round_attempts: int, result: AttemptResul
     return delay
 
 
+class _Finished(msgspec.Struct, frozen=True):
+    """An attempt made, waiting for its batch to be recorded."""
+
+    row: dict[str, Any]
+    result: AttemptResult
+    status: str
+    delay: float | None
+
+
 class Sender:
-    """The dedicated sender task: claim due deliveries, attempt them, record, reschedule."""
+    """The dedicated sender task: claim due deliveries, attempt them, record, reschedule.
+
+    Three named tasks: the claim loop keeps deliveries claimed ahead of the free slots, so that
+    each finished attempt starts the next one at once, without a claim round trip; the listener
+    wakes the claim loop on NOTIFY; the recorder writes finished attempts in batches (one
+    statement per batch, not one per attempt).
+    """
 
     def __init__(
         self,
@@ -191,37 +226,58 @@ class Sender:
         self.instance_id = instance_id or f"{socket.gethostname()}:{id(self):x}"
         self.client = WebhookClient(config, resolver)
         self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._slots = max(config.concurrency, 1)
+        # A claimed row may wait for the attempts queued before it (at worst a timeout each),
+        # then take its own: all of it, plus one timeout of margin, inside its lease, or another
+        # sender could take it over meanwhile.
+        rounds_in_lease = int(config.lease_s // max(config.timeout_s, 0.001))
+        self._ahead = self._slots * max(0, min(CLAIM_AHEAD_ROUNDS, rounds_in_lease - 2))
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._claimed: deque[dict[str, Any]] = deque()
         self._in_flight: dict[asyncio.Task[None], tuple[str, str]] = {}
+        self._finished: list[_Finished] = []
+        self._finished_waiting = asyncio.Event()
+        self._finished_full = asyncio.Event()
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self.delivered = 0
         self.attempted = 0
+        self._log = log
 
     async def start(self) -> None:
-        """Open the HTTP session, start listening, start the claim loop."""
+        """Open the HTTP session, start listening, start the claim loop and the recorder."""
         await self.client.start()
+        # Bound once: the module-level proxy rebuilds its logger on every call, a cost per attempt.
+        self._log = log.bind(instance=self.instance_id)
         self._tasks = [
             asyncio.create_task(self._watch(self._claim_loop()), name="webhook-sender"),
             asyncio.create_task(self._watch(self._listen_loop()), name="webhook-listener"),
+            asyncio.create_task(self._watch(self._record_loop()), name="webhook-recorder"),
         ]
         log.info("webhook_sender_started", instance=self.instance_id)
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Claim nothing more, let attempts in flight finish (or release them), close."""
+        """Claim nothing more, let attempts in flight finish (or release them), record, close."""
         self._stopping.set()
         self._wake.set()
-        for task in self._tasks:
+        loops = [t for t in self._tasks if t.get_name() != "webhook-recorder"]
+        for task in loops:
             if task.get_name() == "webhook-listener":
                 task.cancel()
         # The claim loop ends by itself at its next wake; cancelling it mid-claim could strand rows.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*loops, return_exceptions=True)
         grace = self.config.timeout_s + 1 if grace_s is None else grace_s
         if self._in_flight:
             _done, pending = await asyncio.wait(list(self._in_flight), timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._release_unsent()
+        # Every attempt made is recorded before the sender is gone.
+        self._closing = True
+        self._finished_waiting.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
         log.info(
             "webhook_sender_stopped",
@@ -267,26 +323,45 @@ class Sender:
             return conn
         return await stack.enter_async_context(self.pool.acquire())
 
+    # --- claiming and dispatching -------------------------------------------------------------
+
     async def _claim_loop(self) -> None:
+        backoff = 0.1
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self._free_slots()
-            claimed = await self._claim(free) if free else []
-            for row in claimed:
-                task = asyncio.create_task(self._attempt(row), name=f"webhook-{row['id']}")
-                self._in_flight[task] = (row["id"], row["lease_owner"])
-                task.add_done_callback(self._attempt_done)
-            if free and len(claimed) == free:
-                continue
-            await self._sleep_until_due()
+            try:
+                wanted = self._wanted()
+                claimed = await self._claim(wanted) if wanted else []
+                self._claimed.extend(claimed)
+                self._dispatch()
+                if wanted and len(claimed) == wanted:
+                    continue
+                await self._sleep_until_due()
+                backoff = 0.1
+            except DB_ERRORS as exc:
+                # The database is away (restart, network): wait and try again, never die of it.
+                log.warning("webhook_claim_failed", error=str(exc), retry_in_s=backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
 
-    def _free_slots(self) -> int:
-        return max(self.config.concurrency - len(self._in_flight), 0)
+    def _wanted(self) -> int:
+        return max(self._slots + self._ahead - len(self._in_flight) - len(self._claimed), 0)
+
+    def _dispatch(self) -> None:
+        while self._claimed and len(self._in_flight) < self._slots:
+            if self._stopping.is_set():
+                return
+            row = self._claimed.popleft()
+            task = asyncio.create_task(self._attempt(row), name=f"webhook-{row['id']}")
+            self._in_flight[task] = (row["id"], row["lease_owner"])
+            task.add_done_callback(self._attempt_done)
 
     def _attempt_done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.pop(task, None)
-        # Claim in batches under load: wake the claim loop once a quarter of the slots is free.
-        if self._free_slots() >= max(self.config.concurrency // 4, 1):
+        self._dispatch()
+        # Claim in batches under load, yet early enough that the claimed rows never run out.
+        if self._wanted() >= max(self._slots // 2, 1):
             self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook_attempt_crashed", error=repr(task.exception()))
@@ -298,16 +373,32 @@ class Sender:
 
     async def _sleep_until_due(self) -> None:
         wait = self.config.poll_interval_s
-        if self._free_slots():
+        if self._wanted():
             due = await self.pool.fetchval(_SQL["seconds_to_next_due"])
             if due is not None:
                 wait = min(wait, max(due, 0.0) + 0.005)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=wait)
 
+    async def _release_unsent(self) -> None:
+        rows, self._claimed = list(self._claimed), deque()
+        if not rows:
+            return
+        try:
+            await self.pool.execute(
+                _SQL["release_unsent"],
+                [r["id"] for r in rows],
+                [r["lease_owner"] for r in rows],
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Not lost: their leases run out and any sender takes them then.
+            log.warning("webhook_unsent_not_released", count=len(rows), error=str(exc))
+
+    # --- one attempt --------------------------------------------------------------------------
+
     async def _attempt(self, row: dict[str, Any]) -> None:
         try:
-            await self._attempt_once(row)
+            result = await self._send(row)
         except asyncio.CancelledError:
             # Shutdown: hand the row back now rather than when its lease runs out.
             with contextlib.suppress(Exception):
@@ -315,51 +406,35 @@ class Sender:
                     self.pool.execute(_SQL["release_lease"], row["id"], row["lease_owner"])
                 )
             raise
+        self.attempted += 1
+        status, delay = self._outcome(row["round_attempts"], result)
+        self._finished.append(_Finished(row, result, status, delay))
+        self._finished_waiting.set()
+        if len(self._finished) >= 2 * self._slots:
+            self._finished_full.set()
 
-    async def _attempt_once(self, row: dict[str, Any]) -> None:
-        delivery_id: str = row["id"]
-        payload: dict[str, Any] = row["payload"]
+    async def _send(self, row: dict[str, Any]) -> AttemptResult:
+        try:
+            body, signing = await self._prepare(row)
+        except Exception as exc:  # the hook is the caller's code: any failure of it counts
+            # A message that cannot be prepared is a failed attempt, retried on the schedule,
+            # rather than an unrecorded one that waits out its lease.
+            log.exception("webhook_message_not_prepared", delivery_id=row["id"])
+            error = f"message not prepared: {type(exc).__name__}"
+            return AttemptResult(status_code=None, latency_ms=0.0, error=error)
+        return await self.client.post(row["url"], row["id"], body, signing, row["attempts"])
+
+    async def _prepare(self, row: dict[str, Any]) -> tuple[bytes, list[str]]:
+        body: bytes = row["body"].encode()
         if self.finalize_payload is not None:
-            payload = await self.finalize_payload(payload)
+            body = _encode(await self.finalize_payload(_decode(body)))
         signing = signing_secrets(
             row["webhook_secret"],
             row["previous_webhook_secret"],
             row["rotated_s_ago"],
             self.config.secret_overlap_s,
         )
-        result = await self.client.post(
-            row["url"], delivery_id, _encode(payload), signing, row["attempts"]
-        )
-        self.attempted += 1
-        status, delay = self._outcome(row["round_attempts"], result)
-        outcome = "retry" if status == "pending" else status
-        recorded = await self.pool.fetchval(
-            _SQL["finish_attempt"],
-            delivery_id,
-            row["lease_owner"],
-            status,
-            delay or 0.0,
-            result.status_code,
-            result.error,
-            row["attempts"],
-            result.latency_ms,
-            outcome,
-            result.response_body,
-        )
-        if recorded == "delivered":
-            self.delivered += 1
-        log.info(
-            "webhook_attempt",
-            delivery_id=delivery_id,
-            job_id=str(row["job_id"]) if row["job_id"] else None,
-            event_type=row["event_type"],
-            attempt=row["attempts"],
-            status_code=result.status_code,
-            latency_ms=result.latency_ms,
-            outcome=recorded,
-            next_in_s=round(delay, 3) if delay is not None else None,
-            error=result.error,
-        )
+        return body, signing
 
     def _outcome(self, round_attempts: int, result: AttemptResult) -> tuple[str, float | None]:
         if result.delivered:
@@ -368,3 +443,99 @@ class Sender:
             return "gone", None
         delay = next_delay(self.config, round_attempts, result)
         return ("failed", None) if delay is None else ("pending", delay)
+
+    # --- recording ----------------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        while not (self._closing and not self._finished):
+            await self._finished_waiting.wait()
+            if not self._closing:
+                # Let a few more attempts join the batch: one statement per batch rather than per
+                # attempt is what keeps PostgreSQL off the critical path; the rows stay leased.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECORD_WAIT_S):
+                        await self._finished_full.wait()
+            batch, self._finished = self._finished, []
+            self._finished_waiting.clear()
+            self._finished_full.clear()
+            if batch:
+                await self._record(batch)
+
+    async def _record(self, batch: list[_Finished]) -> None:
+        rows_in = _batch(batch)
+        for attempt in range(1, RECORD_TRIES + 1):
+            try:
+                rows = await self.pool.fetch(_SQL["finish_attempts"], rows_in)
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning(
+                    "webhook_attempts_not_recorded", count=len(batch), tries=attempt, error=str(exc)
+                )
+                if attempt < RECORD_TRIES:
+                    await asyncio.sleep(0.1 * attempt)
+        else:
+            # Their leases run out and the deliveries are attempted again: sent twice, not lost.
+            return
+        stale = {(r["delivery_id"], r["attempt"]) for r in rows}
+        for item in batch:
+            row, result = item.row, item.result
+            outcome = _outcome_name(item.status)
+            if (row["id"], row["attempts"]) in stale:
+                outcome = "stale"
+            elif outcome == "delivered":
+                self.delivered += 1
+            self._log.info(
+                "webhook_attempt",
+                delivery_id=row["id"],
+                job_id=str(row["job_id"]) if row["job_id"] else None,
+                event_type=row["event_type"],
+                attempt=row["attempts"],
+                status_code=result.status_code,
+                latency_ms=result.latency_ms,
+                outcome=outcome,
+                next_in_s=round(item.delay, 3) if item.delay is not None else None,
+                error=result.error,
+            )
+
+
+class _Recorded(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of the finish_attempts batch, as sent to PostgreSQL."""
+
+    id: str
+    lease_owner: str
+    status: str
+    delay_s: float
+    status_code: int | None
+    error: str | None
+    attempt: int
+    latency_ms: float
+    outcome: str
+    response_body: str | None
+
+
+def _batch(finished: list[_Finished]) -> list[_Recorded]:
+    """The finish_attempts parameter: one row per attempt."""
+    return [
+        _Recorded(
+            id=f.row["id"],
+            lease_owner=f.row["lease_owner"],
+            status=f.status,
+            delay_s=f.delay or 0.0,
+            status_code=f.result.status_code,
+            error=_storable(f.result.error),
+            attempt=f.row["attempts"],
+            latency_ms=f.result.latency_ms,
+            outcome=_outcome_name(f.status),
+            response_body=_storable(f.result.response_body),
+        )
+        for f in finished
+    ]
+
+
+def _outcome_name(status: str) -> str:
+    return "retry" if status == "pending" else status
+
+
+def _storable(text: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL: a receiver answering with one must not sink the batch.
+    return text.replace("\x00", "\ufffd") if text else text

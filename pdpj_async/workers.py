@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from .config import QueueConfig
-from .db import Connection
+from .db import DB_ERRORS, Connection
 from .errors import LeaseLost, PermanentFailure, Release, RetryLater
 from .logs import get_logger
 from .queue import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
@@ -36,7 +36,6 @@ Handler = Callable[[Task], Awaitable[None]]
 FinalFailureHook = Callable[[Connection, Task, str], Awaitable[None]]
 
 # What a lost or restarting database raises; the pool waits and tries again.
-DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
 # Rows deleted by one completion statement, so that none runs long.

@@ -285,3 +285,96 @@ async def test_a_name_rebound_to_a_private_address_is_refused_at_connect_time(
     assert receiver.received == []
     assert row["last_error"].startswith("refused at connect time: ")
     assert "127.0.0.1" in row["last_error"]
+
+
+async def test_a_failing_payload_hook_is_a_failed_attempt_retried_on_schedule(
+    pool: asyncpg.Pool, db_dsn: str, api_keys: Keys, receiver: Receiver
+) -> None:
+    calls = 0
+
+    async def flaky(payload: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("storage unreachable")
+        return payload
+
+    delivery_id = await queue_job_webhook(pool, api_keys.user.info.id, receiver.url, ["available"])
+    async with running(pool, db_dsn, fast_config(), finalize=flaky):
+        row = await wait_status(pool, delivery_id, "delivered")
+    attempts = await attempts_of(pool, delivery_id)
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "retry"), (2, "delivered")]
+    assert attempts[0]["error"] == "message not prepared: RuntimeError"
+    assert attempts[0]["status_code"] is None
+    # The receiver only ever saw the attempt that could be prepared.
+    assert [r.headers["x-webhook-attempt"] for r in receiver.received] == ["2"]
+    assert row["attempts"] == 2
+
+
+async def test_a_response_body_with_nul_bytes_is_still_recorded(
+    pool: asyncpg.Pool, db_dsn: str, api_keys: Keys, receiver: Receiver
+) -> None:
+    receiver.reply_with(Reply(status=500, body="bad\x00body"), 200)
+    delivery_id = await queue_job_webhook(pool, api_keys.user.info.id, receiver.url, ["failed"])
+    async with running(pool, db_dsn, fast_config()):
+        await wait_status(pool, delivery_id, "delivered")
+    first, second = await attempts_of(pool, delivery_id)
+    assert first["outcome"] == "retry" and first["response_body"] == "bad\ufffdbody"
+    assert second["outcome"] == "delivered"
+
+
+async def test_a_burst_is_delivered_once_each_and_every_attempt_recorded(
+    pool: asyncpg.Pool, db_dsn: str, api_keys: Keys, receiver: Receiver
+) -> None:
+    # More messages than slots and than a claim or a recording batch holds.
+    async with pool.acquire() as conn, conn.transaction():
+        ids = [
+            await webhooks.enqueue_delivery(
+                conn,
+                job_id=None,
+                api_key_id=api_keys.user.info.id,
+                url=receiver.url,
+                event_type="ping",
+                payload={"n": n},
+            )
+            for n in range(60)
+        ]
+    async with running(pool, db_dsn, fast_config(concurrency=4)) as sender:
+        await receiver.wait_for(60)
+    assert sorted(r.webhook_id for r in receiver.received) == sorted(ids)
+    assert sender.delivered == sender.attempted == 60
+    statuses = await pool.fetch("SELECT status, attempts FROM pdpj.webhook_deliveries")
+    assert {(r["status"], r["attempts"]) for r in statuses} == {("delivered", 1)}
+    assert await pool.fetchval("SELECT count(*) FROM pdpj.webhook_attempts") == 60
+    verifier = Webhook(api_keys.user.webhook_secret)
+    assert sorted(verifier.verify(r.body, r.headers)["n"] for r in receiver.received) == list(
+        range(60)
+    )
+
+
+async def test_stopping_hands_back_claimed_but_unsent_deliveries_uncounted(
+    pool: asyncpg.Pool, db_dsn: str, api_keys: Keys, receiver: Receiver
+) -> None:
+    # One slot, a slow receiver: the rest of the claimed batch waits, and is handed back on stop.
+    receiver.default = Reply(status=200, delay_s=0.5)
+    ids = [
+        await queue_job_webhook(pool, api_keys.user.info.id, receiver.url, ["failed"])
+        for _ in range(3)
+    ]
+    async with running(pool, db_dsn, fast_config(concurrency=1)):
+        await receiver.wait_for(1)
+    rows = await pool.fetch(
+        "SELECT id, status, attempts, lease_owner FROM pdpj.webhook_deliveries WHERE id = ANY($1)",
+        ids,
+    )
+    assert sorted((r["status"], r["attempts"]) for r in rows) == [
+        ("delivered", 1),
+        ("pending", 0),
+        ("pending", 0),
+    ]
+    assert all(r["lease_owner"] is None for r in rows)
+    receiver.default = Reply()
+    async with running(pool, db_dsn, fast_config()):
+        for delivery_id in ids:
+            await wait_status(pool, delivery_id, "delivered")
+    assert sorted(r.headers["x-webhook-attempt"] for r in receiver.received) == ["1", "1", "1"]

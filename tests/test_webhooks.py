@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -310,3 +312,11 @@ async def test_test_receiver_verifies_signatures_and_lists_them_to_the_signer(
     assert (await resp.json())["messages"] == []
     resp = await client.get("/api/v1/webhooks/webhook-test", headers=Keys.header(api_keys.admin))
     assert len((await resp.json())["messages"]) == 2
+
+
+@pytest.mark.parametrize("body", [b"{}", '{"name": "Petição"}'.encode(), b"x" * 10_000])
+def test_signatures_are_the_reference_librarys(body: bytes) -> None:
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    when = int(time.time())
+    expected = Webhook(secret).sign("msg_1", datetime.fromtimestamp(when, tz=UTC), body.decode())
+    assert webhooks.sign(secret, "msg_1", when, body) == expected

@@ -69,35 +69,61 @@ SET lease_owner = $1,
     updated_at = now()
 FROM picked, pdpj.api_keys k
 WHERE d.id = picked.id AND k.id = d.api_key_id
-RETURNING d.id, d.job_id, d.url, d.event_type, d.payload, d.attempts, d.round_attempts,
-          k.webhook_secret, k.previous_webhook_secret,
+-- The payload comes as JSON text: sent as it is unless a hook rewrites it.
+RETURNING d.id, d.job_id, d.url, d.event_type, d.payload::text AS body, d.attempts,
+          d.round_attempts, k.webhook_secret, k.previous_webhook_secret,
           extract(epoch FROM now() - k.secret_rotated_at)::float8 AS rotated_s_ago;
 
--- name: finish_attempt
--- Record the attempt and move the delivery on, in one statement. The update is guarded by the
--- lease: a redelivery or a takeover since the claim makes it a no-op and the attempt 'stale'.
-WITH finished AS (
-    UPDATE pdpj.webhook_deliveries
-    SET status = $3,
-        next_attempt_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4)
-                               ELSE next_attempt_at END,
+-- name: finish_attempts
+-- Record a batch of attempts and move their deliveries on, in one statement. Each update is
+-- guarded by its own lease: a redelivery or a takeover since the claim makes it a no-op and that
+-- attempt 'stale'. RETURNING reads the batch's lease_owner, the row's own is already cleared.
+-- The batch comes as one jsonb array of objects: cheaper to send than ten parallel arrays.
+WITH result AS (
+    SELECT *
+    FROM jsonb_to_recordset($1::jsonb)
+         AS r(id text, lease_owner text, status text, delay_s float8, status_code int, error text,
+              attempt int, latency_ms float8, outcome text, response_body text)
+),
+finished AS (
+    UPDATE pdpj.webhook_deliveries d
+    SET status = r.status,
+        next_attempt_at = CASE WHEN r.status = 'pending'
+                               THEN now() + make_interval(secs => r.delay_s)
+                               ELSE d.next_attempt_at END,
         lease_owner = NULL, lease_expires_at = NULL,
-        last_status_code = $5, last_error = $6, updated_at = now(),
-        delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END
-    WHERE id = $1 AND lease_owner = $2
-    RETURNING id
+        last_status_code = r.status_code, last_error = r.error, updated_at = now(),
+        delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE d.delivered_at END
+    FROM result r
+    WHERE d.id = r.id AND d.lease_owner = r.lease_owner
+    RETURNING d.id, r.lease_owner
+),
+recorded AS (
+    INSERT INTO pdpj.webhook_attempts (delivery_id, attempt, status_code, latency_ms, outcome,
+                                       error, response_body)
+    SELECT r.id, r.attempt, r.status_code, r.latency_ms,
+           CASE WHEN f.id IS NULL THEN 'stale' ELSE r.outcome END, r.error, r.response_body
+    FROM result r
+    LEFT JOIN finished f ON f.id = r.id AND f.lease_owner = r.lease_owner
+    RETURNING delivery_id, attempt, outcome
 )
-INSERT INTO pdpj.webhook_attempts (delivery_id, attempt, status_code, latency_ms, outcome,
-                                   error, response_body)
-SELECT $1, $7, $5, $8,
-       CASE WHEN EXISTS (SELECT 1 FROM finished) THEN $9::text ELSE 'stale' END, $6, $10
-RETURNING outcome;
+-- Only the exceptions come back: every other attempt was recorded with the outcome it was given.
+SELECT delivery_id, attempt FROM recorded WHERE outcome = 'stale';
 
 -- name: release_lease
--- Shutdown: hand unfinished attempts back at once instead of waiting out the lease.
+-- Shutdown: hand an attempt cut short back at once instead of waiting out the lease. It may have
+-- reached the receiver, so it keeps its number.
 UPDATE pdpj.webhook_deliveries
 SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = now(), updated_at = now()
 WHERE id = $1 AND lease_owner = $2;
+
+-- name: release_unsent
+-- Shutdown: hand back deliveries claimed ahead but never sent, undoing the claim's count.
+UPDATE pdpj.webhook_deliveries d
+SET lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = now(), updated_at = now(),
+    attempts = d.attempts - 1, round_attempts = d.round_attempts - 1
+FROM unnest($1::text[], $2::text[]) AS r(id, lease_owner)
+WHERE d.id = r.id AND d.lease_owner = r.lease_owner;
 
 -- name: seconds_to_next_due
 SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
