@@ -3,7 +3,11 @@
     .venv/bin/python -P bench/api.py [--duration 10] [--connections 64] [--repeat 1]
 
 The database is filled directly (a 10-document and a 1,000-document process, every document
-`available` with a storage key, an API key, a completed job), so no download happens. The
+`available` with a storage key, one API key per connection, a completed job per key and
+process), so no download happens. Each status is measured twice: `status_N` with the keys in
+turn (neighbouring requests are of different callers, so the daemon's shared reads never
+apply: the headline), and `status_N_one_key` with every connection on one key (concurrent
+identical reads are shared: the best case, a secondary figure). The
 daemon (`pdpj-async serve`, its defaults but for the database, port and storage) runs in its
 own process, once with the S3 backend (moto, presigned URLs; the headline) and once with the
 filesystem backend (HMAC-signed URLs). The bare handler is a tiny aiohttp app on uvloop in
@@ -28,6 +32,7 @@ import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid as uuidlib  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -56,23 +61,25 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 # A load generator in its own process: `connections` clients loop for `duration` seconds.
 AIOHTTP_GENERATOR = """
 import asyncio, json, sys, time, aiohttp, uvloop
-url, conns, duration, header = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+url, conns, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+auth = json.loads(sys.argv[4])
 async def main():
     lat, errors = [], 0
-    headers = {"Authorization": header} if header else {}
     conn = aiohttp.TCPConnector(limit=conns)
-    async with aiohttp.ClientSession(connector=conn, headers=headers) as http:
+    async with aiohttp.ClientSession(connector=conn) as http:
         end = time.perf_counter() + duration
-        async def client():
+        async def client(i):
             nonlocal errors
+            # Each connection keeps one of the keys (when several are given).
+            headers = {"Authorization": auth[i % len(auth)]} if auth else {}
             while (t0 := time.perf_counter()) < end:
-                async with http.get(url) as r:
+                async with http.get(url, headers=headers) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
                 lat.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(conns)))
+        await asyncio.gather(*(client(i) for i in range(conns)))
         took = time.perf_counter() - t0
     print(json.dumps({"n": len(lat), "s": took, "errors": errors, "lat": lat}))
 uvloop.run(main())
@@ -92,13 +99,17 @@ def cnj_number(sequence: int) -> str:
     )
 
 
-async def populate(dsn: str) -> tuple[str, dict[int, str]]:
-    """An API key and processes of 10 and 1,000 available documents; (key, {docs: number})."""
+async def populate(dsn: str, n_keys: int) -> tuple[list[str], dict[int, str]]:
+    """API keys and processes of 10 and 1,000 available documents, a completed job per key and
+    process; ([keys], {docs: number})."""
     pool = await db.create_pool(dsn, min_size=1, max_size=2)
     try:
-        new = await keys.create_key(
-            pool, "bench", "user", rate_limit_per_s=1e9, rate_limit_burst=1_000_000_000
-        )
+        created = [
+            await keys.create_key(
+                pool, f"bench-{i}", "user", rate_limit_per_s=1e9, rate_limit_burst=1_000_000_000
+            )
+            for i in range(n_keys)
+        ]
         numbers: dict[int, str] = {}
         for count, seq in ((10, 10), (1000, 1000)):
             number = cnj_number(seq)
@@ -127,22 +138,23 @@ async def populate(dsn: str) -> tuple[str, dict[int, str]]:
                 " now(), now())",
                 rows,
             )
-            job_id = await pool.fetchval(
-                "INSERT INTO pdpj.jobs (process_id, api_key_id, status, total_documents,"
-                " completed_documents, progress_percentage, started_at, completed_at)"
-                " VALUES ($1, $2, 'completed', $3, $3, 100, now(), now()) RETURNING id",
-                process_id,
-                new.info.id,
-                count,
-            )
-            await pool.execute(
-                "INSERT INTO pdpj.job_documents (job_id, document_id)"
-                " SELECT $1, id FROM pdpj.documents WHERE process_id = $2",
-                job_id,
-                process_id,
-            )
+            for new in created:
+                job_id = await pool.fetchval(
+                    "INSERT INTO pdpj.jobs (process_id, api_key_id, status, total_documents,"
+                    " completed_documents, progress_percentage, started_at, completed_at)"
+                    " VALUES ($1, $2, 'completed', $3, $3, 100, now(), now()) RETURNING id",
+                    process_id,
+                    new.info.id,
+                    count,
+                )
+                await pool.execute(
+                    "INSERT INTO pdpj.job_documents (job_id, document_id)"
+                    " SELECT $1, id FROM pdpj.documents WHERE process_id = $2",
+                    job_id,
+                    process_id,
+                )
         await pool.execute("ANALYZE")
-        return new.key, numbers
+        return [new.key for new in created], numbers
     finally:
         await pool.close()
 
@@ -156,25 +168,43 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def run_wrk(url: str, connections: int, duration: float, header: str) -> dict[str, float]:
+# With several keys, each request takes the next one: concurrent requests are of different
+# callers, so that none shares another's read.
+WRK_KEYS_SCRIPT = """
+local auth = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format(nil, nil, {["Authorization"] = auth[(i %% #auth) + 1]})
+end
+"""
+
+
+def run_wrk(url: str, connections: int, duration: float, auth: list[str]) -> dict[str, float]:
     """wrk with one thread (the other core serves); rps and p50/p99 from --latency."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{int(duration)}s", "--latency"]
-    if header:
-        argv += ["-H", f"Authorization: {header}"]
+    if len(auth) == 1:
+        argv += ["-H", f"Authorization: {auth[0]}"]
+    elif auth:
+        script = Path(tempfile.mkstemp(suffix=".lua")[1])
+        script.write_text(WRK_KEYS_SCRIPT % ", ".join(json.dumps(a) for a in auth))
+        argv += ["-s", str(script)]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored: a "+/- Stdev" column such as 62.50% must not match.
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} error responses\n{out}")
     return {"rps": round(rps, 1), "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
 
 
-def run_aiohttp(url: str, connections: int, duration: float, header: str) -> dict[str, float]:
+def run_aiohttp(url: str, connections: int, duration: float, auth: list[str]) -> dict[str, float]:
     """The aiohttp load generator in a subprocess."""
+    argv = [sys.executable, "-c", AIOHTTP_GENERATOR, url, str(connections), str(duration)]
     out = subprocess.run(
-        [sys.executable, "-c", AIOHTTP_GENERATOR, url, str(connections), str(duration), header],
+        [*argv, json.dumps(auth)],
         capture_output=True,
         text=True,
         check=True,
@@ -219,12 +249,17 @@ async def measure_daemon(
     dsn: str,
     root: Path,
     moto: common.Moto,
-    key: str,
+    api_keys: list[str],
     numbers: dict[int, str],
     load: Any,
     args: argparse.Namespace,
 ) -> dict[str, dict[str, float]]:
-    """Start the daemon with one backend; measure /status of both processes."""
+    """Start the daemon with one backend; measure /status of both processes.
+
+    `status_N`: every request from another caller than the requests beside it (a key per
+    request, round robin), as when many clients poll; `status_N_one_key`: all 64 connections
+    poll with one key, the case where identical concurrent reads could be shared.
+    """
     port = common.free_port()
     section = (
         common.s3_storage_section(moto.url, BUCKET)
@@ -246,21 +281,23 @@ async def measure_daemon(
     try:
         base = f"http://127.0.0.1:{port}"
         await common.wait_http(base + "/healthz", daemon)
+        every = [f"Bearer {k}" for k in api_keys]
         for count, number in numbers.items():
             url = f"{base}/api/v1/processes/{number}/status"
-            await asyncio.to_thread(load, url, args.connections, 2, f"Bearer {key}")  # warm-up
-            spy = None
-            if args.profile:
-                profile = Path(args.profile) / f"{backend}_status_{count}.txt"
-                spy = common.py_spy(daemon.pid, profile, args.duration)
-            out[f"status_{count}"] = await asyncio.to_thread(
-                load, url, args.connections, args.duration, f"Bearer {key}"
-            )
-            if spy is not None:
-                spy.wait()
-                for frame, inclusive, own in common.top_frames(profile, 30):
-                    print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
-            print(f"  {backend} status_{count}: {out[f'status_{count}']}", flush=True)
+            for name, auth in ((f"status_{count}", every), (f"status_{count}_one_key", every[:1])):
+                await asyncio.to_thread(load, url, args.connections, 2, auth)  # warm-up
+                spy = None
+                if args.profile:
+                    profile = Path(args.profile) / f"{backend}_{name}.txt"
+                    spy = common.py_spy(daemon.pid, profile, args.duration)
+                out[name] = await asyncio.to_thread(
+                    load, url, args.connections, args.duration, auth
+                )
+                if spy is not None:
+                    spy.wait()
+                    for frame, inclusive, own in common.top_frames(profile, 30):
+                        print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
+                print(f"  {backend} {name}: {out[name]}", flush=True)
     finally:
         daemon.stop()
     return out
@@ -270,7 +307,7 @@ async def one_run(
     args: argparse.Namespace, load: Any, root: Path, pg: common.Postgres
 ) -> dict[str, Any]:
     dsn = pg.fresh()
-    key, numbers = await populate(dsn)
+    api_keys, numbers = await populate(dsn, args.connections)
     moto = common.Moto(root / "moto.log")
     await moto.start(BUCKET)
     try:
@@ -280,24 +317,31 @@ async def one_run(
         try:
             url = f"http://127.0.0.1:{port}/"
             await common.wait_http(url, bare)
-            await asyncio.to_thread(load, url, args.connections, 2, "")
+            await asyncio.to_thread(load, url, args.connections, 2, [])
             result: dict[str, Any] = {
-                "bare": await asyncio.to_thread(load, url, args.connections, args.duration, "")
+                "bare": await asyncio.to_thread(load, url, args.connections, args.duration, [])
             }
             print(f"  bare: {result['bare']}", flush=True)
         finally:
             bare.stop()
-        s3 = await measure_daemon("s3", dsn, root, moto, key, numbers, load, args)
-        fs = await measure_daemon("filesystem", dsn, root, moto, key, numbers, load, args)
+        s3 = await measure_daemon("s3", dsn, root, moto, api_keys, numbers, load, args)
+        fs = await measure_daemon("filesystem", dsn, root, moto, api_keys, numbers, load, args)
         result.update(s3)
         result["fs"] = fs
         result["botocore_presign_per_s"] = round(botocore_presign_rate(moto.url))
     finally:
         moto.stop()
     result["status_1000_docs_per_s"] = round(result["status_1000"]["rps"] * 1000)
+    result["status_1000_one_key_docs_per_s"] = round(result["status_1000_one_key"]["rps"] * 1000)
     result["fs"]["status_1000_docs_per_s"] = round(fs["status_1000"]["rps"] * 1000)
     result["ratios"] = {
         "status_10_vs_bare": round(result["status_10"]["rps"] / result["bare"]["rps"], 3),
+        "status_10_one_key_vs_bare": round(
+            result["status_10_one_key"]["rps"] / result["bare"]["rps"], 3
+        ),
+        "status_1000_one_key_docs_vs_botocore": round(
+            result["status_1000_one_key_docs_per_s"] / result["botocore_presign_per_s"], 2
+        ),
         "status_1000_docs_vs_botocore": round(
             result["status_1000_docs_per_s"] / result["botocore_presign_per_s"], 2
         ),

@@ -508,10 +508,10 @@ async def compare(ctx: Context, plan: dict[str, Any], sandbox: Sandbox) -> dict[
     results: dict[str, Any] = {}
     seed_numbers = list(plan)[: args.seed_processes]
     limit_docs = [h for n in plan for h in sandbox.hrefs[n]]
-    workers = decode_config({}).queue.workers
+    workers = args.workers or decode_config({}).queue.workers
     for backend in args.backends:
         print(f"[{backend}] ours ...", flush=True)
-        ours = await run_ours(ctx, plan, sandbox, backend)
+        ours = await run_ours(ctx, plan, sandbox, backend, workers=args.workers)
         print(f"[{backend}] ours: {ours}", flush=True)
         print(f"[{backend}] limit ...", flush=True)
         limit = await run_child(
@@ -647,6 +647,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20, help="documents per process")
     parser.add_argument("--large", type=int, default=4, help="documents of 20-200 MB")
     parser.add_argument("--seed-processes", type=int, default=20)
+    parser.add_argument(
+        "--workers", type=int, help="queue.workers for ours and the limit (default: the default)"
+    )
     parser.add_argument("--backends", nargs="+", default=["filesystem", "s3"])
     parser.add_argument("--sweep-processes", type=int, default=40)
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 4, 16, 64])

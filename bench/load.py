@@ -116,6 +116,17 @@ async def run_client(
                 client.jobs.append(job["job_id"])
 
 
+def mean_download(metrics: str) -> float | None:
+    """Mean seconds from PDPJ request to stored object, from the daemon's /metrics."""
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith('pdpj_async_download_duration_seconds_sum{outcome="available"}'):
+            total = float(line.split()[-1])
+        if line.startswith('pdpj_async_download_duration_seconds_count{outcome="available"}'):
+            count = float(line.split()[-1])
+    return round(total / count, 3) if count else None
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -149,7 +160,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     config = {
         "daemon": {"data_dir": str(tmp / "data")},
         "http": {"host": "127.0.0.1", "port": port},
-        "database": {"dsn": dsn, "migrate_on_start": False, "pool_max": 20},
+        "database": {"dsn": dsn, "migrate_on_start": False, "pool_max": args.pool_max},
         "logging": {"format": "json", "level": "warning"},
         "pdpj": {"base_url": f"http://127.0.0.1:{sandbox_port}/api/v2", "token": "load-token"},
         "queue": {"workers": 8, "poll_interval_s": 1.0},
@@ -189,12 +200,24 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 k: [] for k in ("process", "status", "job", "jobs")
             }
             statuses: Counter[str] = Counter()
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
+                    [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "-p", str(proc.pid),
+                     "-d", str(int(args.duration)), "-r", "200", "-f", "raw", "-o", args.profile,
+                     "--nonblocking"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
             started = time.perf_counter()
             until = started + args.duration
             await asyncio.gather(
                 *(run_client(http, base, c, until, latencies, statuses) for c in clients)
             )
             elapsed = time.perf_counter() - started
+            if spy is not None:
+                await asyncio.to_thread(spy.wait)
+            async with http.get(base + "/metrics") as resp:
+                mean_download_s = mean_download(await resp.text())
         downloaded = await pool.fetchval(
             "SELECT count(*) FROM pdpj.documents WHERE status = 'available'"
         )
@@ -229,6 +252,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "errors": errors,
         "statuses": dict(statuses),
         "documents_downloaded_during_run": downloaded,
+        "mean_download_s": mean_download_s,
         "daemon_exit_code": proc.returncode,
     }
 
@@ -243,7 +267,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--download-ms", type=float, default=200.0)
     parser.add_argument("--rate-limit", type=float, default=1000.0, help="per key, per second")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--pool-max", type=int, default=20, help="the daemon's database.pool_max")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
+    parser.add_argument("--profile", help="py-spy the daemon during the load; raw stacks here")
     return parser.parse_args()
 
 

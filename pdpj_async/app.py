@@ -28,12 +28,7 @@ from .errors import DatabaseUnavailable
 from .jobs import JobService
 from .keys import AuthCache
 from .logs import get_logger
-from .middleware import (
-    RateLimits,
-    auth_middleware,
-    problem_middleware,
-    request_id_middleware,
-)
+from .middleware import RateLimits, api_middleware
 from .pipeline import Downloader
 from .processes import DOWNLOAD_KIND, ProcessService
 from .queue import Queue
@@ -70,7 +65,7 @@ def create_app(
 ) -> web.Application:
     """Build the application; resources start in `cleanup_ctx` order and stop in reverse."""
     app = web.Application(
-        middlewares=[request_id_middleware, problem_middleware, auth_middleware],
+        middlewares=[api_middleware],
         client_max_size=config.http.max_body_bytes,
         handler_args={
             "max_line_size": config.http.max_line_size,

@@ -48,6 +48,17 @@ class Metrics:
         )
         self._live = _Live()
         self.registry.register(self._live)
+        # labels() hashes and validates its arguments on every call; a request needs only the
+        # child of its (route, method, status), and there are few of those.
+        self._http_children: dict[tuple[str, str, int], Any] = {}
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request in the duration histogram."""
+        key = (route, method, status)
+        child = self._http_children.get(key)
+        if child is None:
+            child = self._http_children[key] = self.http_seconds.labels(route, method, str(status))
+        child.observe(seconds)
 
     async def render(self, app: web.Application) -> bytes:
         """Gather the live values (some need the database), then the exposition text."""
@@ -197,8 +208,8 @@ async def http_metrics_middleware(request: web.Request, handler: Handler) -> web
     finally:
         info = request.match_info.route.resource
         route = info.canonical if info is not None else "unmatched"
-        request.app[METRICS].http_seconds.labels(route, request.method, str(status)).observe(
-            time.perf_counter() - started
+        request.app[METRICS].observe_http(
+            route, request.method, status, time.perf_counter() - started
         )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from . import queries, states, storage
+from . import states, storage
 from .config import Config
 from .db import Connection, transaction
 from .errors import (
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from .workers import Gate
 
 log = get_logger(__name__)
-
-_DOCS = queries.load("documents")
 
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 
@@ -73,15 +71,12 @@ class Downloader:
     async def handle(self, task: Task) -> None:
         """Download one document; raises RetryLater, PermanentFailure or Release as the case is."""
         document_id = int(task.ref)
-        doc = await self._pool.fetchrow(_DOCS["get_document"], document_id)
-        if doc is None or doc["status"] == "available":
-            # Never downloaded twice: the row is simply completed.
+        # One statement: the guarded start, its jobs, and the document's fields.
+        doc = await states.document_started(self._pool, document_id)
+        if doc is None:
+            # Gone, or available already (never downloaded twice): the row is simply completed.
             self._count("skipped")
             return
-        async with transaction(self._pool) as conn:
-            if not await states.document_started(conn, document_id):
-                self._count("skipped")
-                return
         key = storage.object_key(self._prefix, doc["process_number"], doc["uuid"], doc["name"])
         log_ = log.bind(document_id=document_id, uuid=doc["uuid"], process=doc["process_number"])
         started = time.perf_counter()

@@ -75,6 +75,13 @@ class ProcessService:
                     raise
                 stale = True
                 log.warning("upstream_down_serving_stored", process=number.digits)
+        if fetched is None and auto_download:
+            assert stored is not None
+            # Most requests repeat one already served (clients poll by re-requesting): answer
+            # those from one read instead of the locking transaction below.
+            job = await self._covering_job(stored["id"], caller, webhook_url, base_url, number)
+            if job is not None:
+                return ProcessResponse(process=_process_view(stored, number), job=job, stale=stale)
         job_id: UUID | None = None
         async with transaction(self._pool) as conn:
             if fetched is not None:
@@ -120,19 +127,37 @@ class ProcessService:
         await states.refresh_jobs(conn, [job_id], self._on_job_final)
         return UUID(str(job_id))
 
+    async def _covering_job(
+        self,
+        process_id: int,
+        caller: ApiKey,
+        webhook_url: str | None,
+        base_url: str,
+        number: ProcessNumber,
+    ) -> JobRef | None:
+        """The caller's active job when the request would change nothing (see the SQL)."""
+        row = await self._pool.fetchrow(_JOBS["covering_active_job"], process_id, caller.id)
+        if row is None or (webhook_url is not None and webhook_url != row["webhook_url"]):
+            return None
+        return _job_ref(row, base_url, number)
+
     async def _job_ref(self, job_id: UUID, base_url: str, number: ProcessNumber) -> JobRef:
         row = await self._pool.fetchrow(_JOBS["job_view"], job_id)
         assert row is not None
-        return JobRef(
-            job_id=row["id"],
-            status=row["status"],
-            status_url=status_url(base_url, number),
-            webhook_url=row["webhook_url"],
-            total_documents=row["total_documents"],
-            completed_documents=row["completed_documents"],
-            failed_documents=row["failed_documents"],
-            progress_percentage=row["progress_percentage"],
-        )
+        return _job_ref(row, base_url, number)
+
+
+def _job_ref(row: asyncpg.Record, base_url: str, number: ProcessNumber) -> JobRef:
+    return JobRef(
+        job_id=row["id"],
+        status=row["status"],
+        status_url=status_url(base_url, number),
+        webhook_url=row["webhook_url"],
+        total_documents=row["total_documents"],
+        completed_documents=row["completed_documents"],
+        failed_documents=row["failed_documents"],
+        progress_percentage=row["progress_percentage"],
+    )
 
 
 def _is_stale(fetched_at: datetime, ttl: timedelta) -> bool:

@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from . import queries
-from .db import Connection
+from .db import Connection, Executor
 from .errors import InvalidTransition
 from .logs import get_logger
 
@@ -99,12 +99,17 @@ async def refresh_jobs_of_document(
     return await refresh_jobs(conn, [r["id"] for r in locked], on_final)
 
 
-async def document_started(conn: Connection, document_id: int) -> bool:
-    """A worker begins the download; its jobs become processing. False if refused."""
-    if not await transition_document(conn, document_id, "processing", new_attempt=True):
-        return False
-    await refresh_jobs_of_document(conn, document_id, None)
-    return True
+async def document_started(conn: Executor, document_id: int) -> asyncpg.Record | None:
+    """A worker begins the download; its jobs become processing. The document, or None if refused.
+
+    One statement (see `start_download`), committed without waiting for the WAL flush: pass
+    the pool, not a connection inside a transaction, whose other writes would commit the same
+    way. The record holds what the download needs, with `process_number`.
+    """
+    row: asyncpg.Record | None = await conn.fetchrow(
+        _DOCS["start_download"], document_id, sorted(DOCUMENT_TRANSITIONS["processing"])
+    )
+    return row
 
 
 async def document_finished(

@@ -87,6 +87,8 @@ async def test_two_clients_get_two_jobs_but_each_document_is_downloaded_once(
     stack: Stack, sandbox: Sandbox
 ) -> None:
     docs = await three_docs(sandbox)
+    # Slow downloads: the second client asks while the documents are still in flight.
+    await sandbox.fault(number=NUMBER, latency_ms=500, times=3)
     first = await request_process(stack, stack.keys.user)
     second = await request_process(stack, stack.keys.other)
     assert first["job"]["job_id"] != second["job"]["job_id"]

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from pdpj_async import state
 from pdpj_async.config import StorageConfig
-from pdpj_async.middleware import problem_middleware, request_id_middleware
+from pdpj_async.middleware import api_middleware
 from pdpj_async.storage import content_disposition, create_storage
 from pdpj_async.storage_fs import SIGNING_KEY_FILE, FilesystemStorage, setup_routes
 from tests.fixtures.s3 import with_changes
@@ -25,7 +25,7 @@ from tests.test_storage import KEY, body, store
 @pytest.fixture
 async def files(aiohttp_client: Any, fs_storage: FilesystemStorage) -> TestClient[Any, Any]:
     """An HTTP client against an app serving the store's /files/ route."""
-    app = web.Application(middlewares=[request_id_middleware, problem_middleware])
+    app = web.Application(middlewares=[api_middleware])
     # As the daemon does: the route is mounted first, the store set at startup.
     setup_routes(app)
     app[state.STORAGE] = fs_storage

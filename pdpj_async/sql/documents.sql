@@ -21,9 +21,47 @@ SET status = $3,
 WHERE id = $1 AND status = ANY($2::text[])
 RETURNING id, status;
 
--- name: get_document
-SELECT d.id, d.uuid, d.name, d.type_name, d.mime_type, d.declared_size, d.href, d.status,
-       d.size, d.sha256, d.storage_key, d.attempts, p.number AS process_number
-FROM pdpj.documents d
-JOIN pdpj.processes p ON p.id = d.process_id
-WHERE d.id = $1;
+-- name: start_download
+-- A download attempt begins, in one statement (one round trip, its own transaction): the
+-- guarded document update (refused unless the status is one of $2), the jobs waiting on it
+-- locked in id order (the order of every transaction that locks several jobs, so that none
+-- deadlocks) and moved pending → processing, and the fields the download needs. A start
+-- changes no job counter (they count final documents only), so no recount is needed.
+--
+-- Its commit does not wait for the WAL flush (synchronous_commit off, for this transaction
+-- only): a start is idempotent. A PostgreSQL crash can lose only the last few ms of WAL, never
+-- a hole in it, so a lost start is one whose later writes (the final 'available' commit, which
+-- stays synchronous and flushes every WAL record before its own) are lost too; the queue row's
+-- lease then expires and the document is downloaded again. Nothing committed as final is lost.
+WITH async_commit AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), doc AS (
+    UPDATE pdpj.documents
+    SET status = 'processing',
+        attempts = attempts + 1,
+        download_started_at = now(),
+        updated_at = now()
+    WHERE id = $1 AND status = ANY($2::text[])
+    RETURNING id, uuid, name, type_name, mime_type, declared_size, href, status, size, sha256,
+              storage_key, attempts, process_id
+), locked AS (
+    SELECT j.id
+    FROM pdpj.jobs j
+    JOIN pdpj.job_documents jd ON jd.job_id = j.id
+    JOIN doc ON jd.document_id = doc.id
+    WHERE j.status = 'pending'
+    ORDER BY j.id
+    FOR UPDATE OF j
+), started AS (
+    -- A data-modifying CTE runs whether or not the query reads it.
+    UPDATE pdpj.jobs j
+    SET status = 'processing', started_at = coalesce(j.started_at, now()), updated_at = now()
+    FROM locked
+    WHERE j.id = locked.id AND j.status = 'pending'
+)
+SELECT doc.id, doc.uuid, doc.name, doc.type_name, doc.mime_type, doc.declared_size, doc.href,
+       doc.status, doc.size, doc.sha256, doc.storage_key, doc.attempts,
+       p.number AS process_number
+FROM doc
+JOIN pdpj.processes p ON p.id = doc.process_id
+CROSS JOIN async_commit;

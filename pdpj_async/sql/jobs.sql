@@ -152,3 +152,22 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) j ON true
 WHERE p.number = $1;
+
+-- name: covering_active_job
+-- The caller's ($2) active job for the process ($1) when a repeated request would change
+-- nothing: the job already waits on every document that is not available, and none has failed
+-- (a request retries failed ones). A pending document of an active job always has its queue
+-- row (only a final failure or a cancel of every job waiting on it removes it). One snapshot,
+-- no locks: the answer is what the locking path would have answered at that instant.
+SELECT j.id, j.status, j.webhook_url, j.total_documents, j.completed_documents,
+       j.failed_documents, j.progress_percentage
+FROM pdpj.jobs j
+WHERE j.process_id = $1 AND j.api_key_id = $2 AND j.status IN ('pending', 'processing')
+  AND NOT EXISTS (
+      SELECT 1
+      FROM pdpj.documents d
+      WHERE d.process_id = $1
+        AND (d.status = 'failed'
+             OR (d.status <> 'available'
+                 AND NOT EXISTS (SELECT 1 FROM pdpj.job_documents jd
+                                 WHERE jd.job_id = j.id AND jd.document_id = d.id))));
