@@ -13,8 +13,11 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named queue.py: its directory must not shadow the stdlib queue module.
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+# This file is named queue.py: its directory must not shadow the stdlib queue module
+# (`python -P` already keeps it off the path).
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE in sys.path:
+    sys.path.remove(_HERE)
 
 import argparse
 import asyncio
