@@ -15,9 +15,8 @@ import sys
 
 # This file is named queue.py: its directory must not shadow the stdlib queue module
 # (`python -P` already keeps it off the path).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE in sys.path:
-    sys.path.remove(_HERE)
+if os.path.dirname(os.path.abspath(__file__)) in sys.path:
+    sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import asyncio
