@@ -177,10 +177,9 @@ async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
-def job_final_hook(app: web.Application) -> JobFinalHook:
+def job_final_hook(config: Config) -> JobFinalHook:
     """What happens in the transaction that makes a job final: its webhook enters the outbox."""
-    config = app[state.CONFIG]
-    base = app[state.PUBLIC_URL]
+    base = public_url(config)
 
     async def on_final(conn: Any, row: Any) -> None:
         await webhooks.enqueue_job_webhook(
@@ -199,7 +198,7 @@ def _services_ctx(url_guard: UrlGuard | None) -> Any:
         config = app[state.CONFIG]
         pool = app[state.POOL]
         queue = Queue(pool, config.queue, app[state.INSTANCE_ID])
-        hook = job_final_hook(app)
+        hook = job_final_hook(app[state.CONFIG])
         guard = url_guard or UrlGuard(config.webhooks)
         app[state.QUEUE] = queue
         app[state.URL_GUARD] = guard
@@ -224,7 +223,7 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         app[state.TOKENS],
         app[state.GATE],
         config,
-        on_job_final=job_final_hook(app),
+        on_job_final=job_final_hook(app[state.CONFIG]),
     )
     pool = WorkerPool(app[state.QUEUE], app[state.POOL], app[state.DSN], config.queue)
     pool.register(

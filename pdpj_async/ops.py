@@ -19,19 +19,10 @@ OPERATOR = ApiKey(id=0, name="operator", role="admin")
 
 
 def _service(pool: asyncpg.Pool, config: Config) -> JobService:
-    from .app import public_url
+    from .app import job_final_hook
 
-    base = public_url(config)
-
-    async def on_final(conn: Any, row: Any) -> None:
-        await webhooks.enqueue_job_webhook(
-            conn,
-            row["id"],
-            public_url=base,
-            max_documents=config.webhooks.max_documents_in_payload,
-        )
-
-    return JobService(pool, Queue(pool, config.queue, "cli"), on_job_final=on_final)
+    hook = job_final_hook(config)
+    return JobService(pool, Queue(pool, config.queue, "cli"), on_job_final=hook)
 
 
 async def run_jobs(args: argparse.Namespace, config: Config, pool: asyncpg.Pool) -> Any:

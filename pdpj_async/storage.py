@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import re
 import unicodedata
 from pathlib import Path
@@ -110,9 +111,24 @@ class Storage(Protocol):
 
 
 class WriterBase:
-    """Shared shape of the writers: context manager, state, abort shielded from cancellation."""
+    """Shared shape of the writers: size and sha256 of what passed, context manager, and an
+    abort shielded from cancellation."""
 
     _done: bool = False
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 of the bytes written so far."""
+        return self._hash.hexdigest()
 
     async def commit(self) -> StoredObject:
         """Make the object visible; overridden."""

@@ -124,26 +124,15 @@ class FilesystemWriter(WriterBase):
     """A temp file beside the final path; commit renames it into place."""
 
     def __init__(self, storage: FilesystemStorage, key: str, final: Path, meta: FsMeta) -> None:
+        super().__init__()
         self._storage = storage
         self.key = key
         self._final = final
         self._meta = meta
-        self._hash = hashlib.sha256()
-        self._size = 0
         self._batch: list[bytes] = []
         self._batch_size = 0
         self._tmp: Path | None = None
         self._file: IO[bytes] | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex sha256 of the bytes written so far."""
-        return self._hash.hexdigest()
 
     async def start(self) -> None:
         """Create the temp file; raises StorageError."""

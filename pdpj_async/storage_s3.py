@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
@@ -95,6 +94,7 @@ class S3Writer(WriterBase):
         disposition: str,
         metadata: dict[str, str],
     ) -> None:
+        super().__init__()
         self._client = client
         self._bucket = bucket
         self.key = key
@@ -102,8 +102,6 @@ class S3Writer(WriterBase):
         self._content_type = content_type
         self._disposition = disposition
         self._metadata = metadata
-        self._hash = hashlib.sha256()
-        self._size = 0
         self._part = io.BytesIO()
         self._upload_id: str | None = None
         self._next_part = 1
@@ -111,16 +109,6 @@ class S3Writer(WriterBase):
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(parts_in_flight)
         self._failure: StorageError | None = None
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex sha256 of the bytes written so far."""
-        return self._hash.hexdigest()
 
     async def write(self, chunk: bytes) -> None:
         """Add bytes; a full part is uploaded once more bytes follow it. Raises StorageError."""
