@@ -35,7 +35,7 @@ from .queue import Queue
 from .sender import Sender
 from .ssrf import UrlGuard
 from .states import JobFinalHook
-from .tokens import TokenProvider, token_provider_from_config
+from .tokens import TokenProvider, readiness_reason, token_provider_from_config
 from .upstream import PdpjClient
 from .workers import Gate, WorkerPool
 
@@ -146,8 +146,7 @@ def _upstream_ctx(given: TokenProvider | None) -> Any:
 
 
 async def _token_check(app: web.Application) -> str | None:
-    current = app[state.TOKENS].state
-    return None if current == "valid" else f"PDPJ token {current}"
+    return readiness_reason(app[state.TOKENS])
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -270,6 +269,7 @@ async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
         instance_id=app[state.INSTANCE_ID],
     )
     app[state.SENDER] = sender
+    sender.on_attempt = app[metrics.METRICS].webhook_latency.observe
     await sender.start()
     try:
         yield

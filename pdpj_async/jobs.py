@@ -90,11 +90,6 @@ class JobService:
         """One job of the caller."""
         return job_view(await self._owned_row(caller, job_id), base_url)
 
-    async def owner_of(self, caller: ApiKey, job_id: UUID) -> int:
-        """The key that owns a job the caller may see."""
-        owner: int = (await self._owned_row(caller, job_id))["api_key_id"]
-        return owner
-
     async def list(
         self,
         caller: ApiKey,

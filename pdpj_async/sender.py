@@ -243,6 +243,8 @@ class Sender:
         self._tasks: list[asyncio.Task[None]] = []
         self.delivered = 0
         self.attempted = 0
+        # Called with each attempt's duration in seconds (the metrics histogram).
+        self.on_attempt: Callable[[float], None] | None = None
         self._log = log
 
     async def start(self) -> None:
@@ -407,6 +409,8 @@ class Sender:
                 )
             raise
         self.attempted += 1
+        if self.on_attempt is not None:
+            self.on_attempt(result.latency_ms / 1000)
         status, delay = self._outcome(row["round_attempts"], result)
         self._finished.append(_Finished(row, result, status, delay))
         self._finished_waiting.set()

@@ -27,7 +27,6 @@ DOCUMENT_TRANSITIONS: dict[DocumentStatus, frozenset[DocumentStatus]] = {
     # Released (shutdown, expired PDPJ token, lost lease) or queued again (retry, new job).
     "pending": frozenset({"processing", "failed"}),
 }
-JOB_ACTIVE: frozenset[JobStatus] = frozenset({"pending", "processing"})
 JOB_FINAL: frozenset[JobStatus] = frozenset({"completed", "failed", "cancelled"})
 
 _DOCS = queries.load("documents")

@@ -10,7 +10,7 @@ import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import msgspec
@@ -347,9 +347,3 @@ def readiness_reason(provider: TokenProvider) -> str | None:
     if provider.state == "missing":
         return "no PDPJ token loaded"
     return "PDPJ token expired; load a new one (token file, SIGHUP, or the refresh grant)"
-
-
-def describe(provider: TokenProvider) -> dict[str, Any]:
-    """State and expiry for /readyz and metrics (never the token)."""
-    expires = provider.expires_at
-    return {"state": provider.state, "expires_at": expires.isoformat() if expires else None}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.app import Stack
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.sandbox import Sandbox
 
 NUMBER = "1011745-77.2025.8.11.0041"
@@ -25,13 +28,18 @@ def value(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: s
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-async def test_metrics_parse_and_move_with_work(stack: Stack, sandbox: Sandbox) -> None:
+async def test_metrics_parse_and_move_with_work(
+    stack: Stack, sandbox: Sandbox, receiver: Receiver
+) -> None:
     before = await scrape(stack)
     assert value(before, "pdpj_async_token_state", state="valid") == 1.0
     await sandbox.override(NUMBER, documents=[{"size": 5000}, {"size": 7000}])
-    resp = await stack.get(f"/api/v1/processes/{NUMBER}", stack.keys.user)
+    resp = await stack.get(
+        f"/api/v1/processes/{NUMBER}", stack.keys.user, params={"webhook_url": receiver.url}
+    )
     job = (await resp.json())["job"]
     await stack.wait_job(job["job_id"], stack.keys.user)
+    await receiver.wait_for(1)
     after = await scrape(stack)
     assert value(after, "pdpj_async_downloads_total", outcome="available") == 2.0
     assert value(after, "pdpj_async_stored_bytes_total") == 12_000.0
@@ -49,3 +57,10 @@ async def test_metrics_parse_and_move_with_work(stack: Stack, sandbox: Sandbox) 
     durations = value(after, "pdpj_async_download_duration_seconds_count", outcome="available")
     assert durations == 2.0
     assert value(after, "pdpj_async_running_downloads") == 0.0
+    # The sender records an attempt just after the receiver has it.
+    async with asyncio.timeout(10):
+        while value(after, "pdpj_async_webhook_attempts_total", outcome="delivered") < 1:
+            await asyncio.sleep(0.05)
+            after = await scrape(stack)
+    assert value(after, "pdpj_async_webhook_attempt_duration_seconds_count") == 1.0
+    assert value(after, "pdpj_async_webhook_attempts_total", outcome="delivered") == 1.0

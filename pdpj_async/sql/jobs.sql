@@ -111,14 +111,6 @@ FROM pdpj.jobs j
 JOIN pdpj.processes p ON p.id = j.process_id
 WHERE j.id = $1;
 
--- name: latest_job_for_process
--- The caller's latest job for the process ($2 NULL: anyone's, for admins).
-SELECT j.id
-FROM pdpj.jobs j
-WHERE j.process_id = $1 AND ($2::bigint IS NULL OR j.api_key_id = $2)
-ORDER BY j.created_at DESC, j.id DESC
-LIMIT 1;
-
 -- name: list_jobs
 -- Keyset pagination on (created_at, id), newest first.
 SELECT j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents, j.completed_documents,

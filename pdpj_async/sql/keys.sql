@@ -30,8 +30,3 @@ UPDATE pdpj.api_keys
 SET previous_webhook_secret = webhook_secret, webhook_secret = $2, secret_rotated_at = now()
 WHERE id = $1 AND revoked_at IS NULL
 RETURNING id;
-
--- name: signing_secrets
-SELECT webhook_secret, previous_webhook_secret, secret_rotated_at
-FROM pdpj.api_keys
-WHERE id = $1;
