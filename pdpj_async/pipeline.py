@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncpg
 
-from . import states, storage
+from . import states, storage, workers
 from .config import Config
 from .db import Connection, transaction
 from .errors import (
     ContentMismatch,
+    LeaseLost,
     PermanentFailure,
     Release,
     RetryLater,
@@ -36,6 +38,95 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+
+
+@dataclass(slots=True)
+class _Pending:
+    task: Task
+    finished: states.Finished
+    done: asyncio.Future[None]
+
+
+class Finisher:
+    """Group commit of finished downloads: one transaction for all that finished meanwhile.
+
+    Each finished document makes its jobs' counters move in the transaction that makes it
+    available, so that transaction locks the jobs' rows and keeps them until its commit has
+    been flushed. The documents of one job finish close together (they are claimed together),
+    and one transaction each made them wait for each other's flush: a job's documents
+    finished one WAL flush at a time. Here, whatever finished while a transaction was running
+    goes into the next one: the same writes, in the same lock order, with one flush (and one
+    recount per job) for the lot.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(
+        self, pool: asyncpg.Pool, queue: Queue, on_final: states.JobFinalHook | None
+    ) -> None:
+        self._pool = pool
+        self._queue = queue
+        self._on_final = on_final
+        self._waiting: list[_Pending] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def finish(self, task: Task, finished: states.Finished) -> None:
+        """Make the document available and complete its queue row; raises LeaseLost or a
+        database error, as the single transaction would."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Pending(task=task, finished=finished, done=done))
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self.MAX_BATCH]
+            del self._waiting[: self.MAX_BATCH]
+            try:
+                await self._commit(batch)
+            except Exception as exc:  # every waiter gets the error its own transaction would
+                for item in batch:
+                    if not item.done.done():
+                        item.done.set_exception(exc)
+            finally:
+                for item in batch:  # cancelled: nobody waits for ever
+                    if not item.done.done():
+                        item.done.cancel()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        while batch:
+            try:
+                async with transaction(self._pool) as conn:
+                    await states.documents_available(
+                        conn, [item.finished for item in batch], self._on_final
+                    )
+                    # Queue rows last: guarded by the leases. A row taken over by another
+                    # worker rolls the whole batch back; it is then redone without it.
+                    tasks = [item.task for item in batch]
+                    completed = await self._queue.complete_many(tasks, conn=conn)
+                    lost = [item for item in batch if item.task.id not in completed]
+                    if lost:
+                        raise _LeasesLost(lost)
+            except _LeasesLost as exc:
+                for item in exc.lost:
+                    item.task.completed = False
+                    item.done.set_exception(
+                        LeaseLost(f"queue row {item.task.id} is no longer leased by this worker")
+                    )
+                batch = [item for item in batch if item not in exc.lost]
+                for item in batch:
+                    item.task.completed = False
+                continue
+            for item in batch:
+                item.done.set_result(None)
+            return
+
+
+class _LeasesLost(Exception):
+    def __init__(self, lost: list[_Pending]) -> None:
+        super().__init__(f"{len(lost)} leases lost")
+        self.lost = lost
 
 
 class Downloader:
@@ -63,6 +154,7 @@ class Downloader:
         self._prefix = config.storage.prefix
         self._on_job_final = on_job_final
         self._gate_changed = asyncio.Event()
+        self._finisher = Finisher(pool, queue, on_job_final)
         # Counters for /metrics.
         self.outcomes: dict[str, int] = {}
         self.bytes_stored = 0
@@ -102,21 +194,17 @@ class Downloader:
             self._count("failed", started)
             log_.info("download_refused", error=str(exc))
             raise PermanentFailure(str(exc)) from exc
-        async with transaction(self._pool) as conn:
-            # Document (and its jobs) first, queue row last: the lock order of every transaction.
-            # Re-assert processing: a release during the transfer may have set it back to pending.
-            await states.transition_document(conn, document_id, "processing")
-            await states.document_finished(
-                conn,
-                document_id,
-                self._on_job_final,
-                size=stored.size,
-                sha256=stored.sha256,
-                storage_key=key,
-                mime_type=mime,
-            )
-            # Guarded by the lease: a worker that lost it raises LeaseLost and all is rolled back.
-            await self._queue.complete(task, conn=conn)
+        finished = states.Finished(
+            document_id=document_id,
+            size=stored.size,
+            sha256=stored.sha256,
+            storage_key=key,
+            mime_type=mime,
+        )
+        # Only the commit is left: the next document may start its download meanwhile.
+        workers.settling()
+        # Shielded: once the bytes are stored, a cancelled worker still gets its commit.
+        await asyncio.shield(self._finisher.finish(task, finished))
         self._count("available", started)
         self.bytes_stored += stored.size
         log_.info("document_available", bytes=stored.size, sha256=stored.sha256)
@@ -133,7 +221,7 @@ class Downloader:
                 content_type=mime,
                 filename=doc["name"],
                 metadata={"pdpj-uuid": doc["uuid"], "process-number": doc["process_number"]},
-                expected_size=stream.content_length or doc["declared_size"],
+                expected_size=doc["declared_size"],
             )
             async with writer:
                 async for chunk in stream.chunks():

@@ -7,6 +7,7 @@ from typing import Literal
 from uuid import UUID
 
 import asyncpg
+import msgspec
 
 from . import queries
 from .db import Connection, Executor
@@ -136,6 +137,44 @@ async def document_finished(
     )
     if changed:
         await refresh_jobs_of_document(conn, document_id, on_final)
+    return changed
+
+
+class Finished(msgspec.Struct, frozen=True, kw_only=True):
+    """A download that ended in storage, waiting to be made available."""
+
+    document_id: int
+    size: int
+    sha256: str
+    storage_key: str
+    mime_type: str
+
+
+async def documents_available(
+    conn: Connection, finished: Sequence[Finished], on_final: JobFinalHook | None
+) -> set[int]:
+    """Make several downloaded documents available and advance their jobs, in conn's transaction.
+
+    The documents are locked first (id order), then their jobs (id order): the lock order of
+    every transaction. Returns the ids that changed; a document the guard refused (it is
+    available or failed already) is left as it was. Allowed from pending too, as the single
+    path's re-assertion of processing allows: a release may have raced the transfer.
+    """
+    ids = [f.document_id for f in finished]
+    await conn.fetch(_DOCS["lock_documents"], ids)
+    rows = await conn.fetch(
+        _DOCS["make_available_many"],
+        ids,
+        [f.size for f in finished],
+        [f.sha256 for f in finished],
+        [f.storage_key for f in finished],
+        [f.mime_type for f in finished],
+        sorted(DOCUMENT_TRANSITIONS["processing"]),
+    )
+    changed = {r["id"] for r in rows}
+    if changed:
+        locked = await conn.fetch(_JOBS["lock_active_jobs_of_documents"], sorted(changed))
+        await refresh_jobs(conn, [r["id"] for r in locked], on_final)
     return changed
 
 

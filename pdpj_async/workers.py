@@ -9,6 +9,8 @@ A handler is `async def handler(task: Task) -> None`. Its outcome settles the ro
 - Release: the row goes back unfailed, the attempt not counted (e.g. upstream token expired);
 - LeaseLost: the row was taken over by another owner, nothing is written;
 - anything else: retried with exponential backoff and full jitter until max_attempts.
+A handler whose remaining work is only its commit may call `settling()`: its worker slot goes
+to the next row at once, while its row stays leased (and heartbeated) until it returns.
 On the final failure `on_final_failure(conn, task, error)` runs in the transaction that
 deletes the row. A handler whose lease is lost, or whose row is cancelled, is cancelled.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -96,6 +99,19 @@ class _Registration(NamedTuple):
     gate: Gate | None
 
 
+# Set in each handler's own task: frees that handler's worker slot (see `settling`).
+_SETTLING: contextvars.ContextVar[Callable[[], None]] = contextvars.ContextVar("settling")
+
+
+def settling() -> None:
+    """Called by a running handler whose work is done but for its commit: its worker slot is
+    given to the next row (config `queue.workers` bounds the handlers at work, not those
+    waiting for a commit). Outside a worker pool's handler, nothing happens."""
+    free = _SETTLING.get(None)
+    if free is not None:
+        free()
+
+
 class WorkerPool:
     """N concurrent handlers fed by batch claims, woken by LISTEN/NOTIFY with a slow poll."""
 
@@ -113,6 +129,8 @@ class WorkerPool:
         self._connect_params = dsn_or_connect_params
         self._handlers: dict[str, _Registration] = {}
         self._running: dict[int, tuple[Task, asyncio.Task[None]]] = {}
+        # Running handlers that only wait for their commit (see `settling`): no slot held.
+        self._settling: set[int] = set()
         # Claimed ahead while a backlog lasts, so a free worker starts without a round trip.
         self._ready: deque[Task] = deque()
         self._cancel_reasons: dict[int, str] = {}
@@ -237,7 +255,8 @@ class WorkerPool:
             # While claims come back full, keep up to a batch claimed ahead of the workers, and
             # top it up in large claims rather than one row per finished handler.
             ahead = self.config.claim_batch if backlog else 0
-            want = self.config.workers + ahead - len(self._running) - len(self._ready)
+            working = len(self._running) - len(self._settling)
+            want = self.config.workers + ahead - working - len(self._ready)
             if want <= 0 or (self._ready and want < ahead // 2):
                 self._slot_free.clear()
                 await self._slot_free.wait()
@@ -263,14 +282,22 @@ class WorkerPool:
     def _dispatch(self) -> None:
         """Start claimed tasks while workers are free."""
         ready, running, workers = self._ready, self._running, self.config.workers
-        while ready and len(running) < workers and not self._stopping:
+        while ready and len(running) - len(self._settling) < workers and not self._stopping:
             task = ready.popleft()
             handler = asyncio.create_task(self._run(task, self._handlers[task.kind]))
             running[task.id] = (task, handler)
             handler.add_done_callback(functools.partial(self._handler_done, task.id))
 
+    def _settle(self, task_id: int) -> None:
+        if task_id in self._running and task_id not in self._settling:
+            self._settling.add(task_id)
+            if self._ready:
+                self._dispatch()
+            self._slot_free.set()
+
     def _handler_done(self, task_id: int, handler: asyncio.Task[None]) -> None:
         self._running.pop(task_id, None)
+        self._settling.discard(task_id)
         self._cancel_reasons.pop(task_id, None)
         if self._ready:
             self._dispatch()
@@ -288,6 +315,7 @@ class WorkerPool:
     # Running one task.
 
     async def _run(self, task: Task, reg: _Registration) -> None:
+        _SETTLING.set(functools.partial(self._settle, task.id))
         if task.rescued:
             self.stats.rescues += 1
         try:

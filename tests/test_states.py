@@ -9,8 +9,11 @@ import asyncpg
 import pytest
 
 from pdpj_async import keys, states
+from pdpj_async.config import QueueConfig
 from pdpj_async.db import Connection, transaction
-from pdpj_async.errors import InvalidTransition
+from pdpj_async.errors import InvalidTransition, LeaseLost
+from pdpj_async.pipeline import Finisher
+from pdpj_async.queue import Queue
 
 DIGITS = "10117457720258110041"
 
@@ -244,3 +247,49 @@ async def test_a_released_document_waits_again_and_its_job_with_it(pool: asyncpg
     assert await status_of(pool, doc) == "pending"
     row = await job(pool, job_id)
     assert row["status"] in ("pending", "processing") and row["failed_documents"] == 0
+
+
+async def test_documents_finished_together_commit_together_and_a_lost_lease_undoes_only_its_own(
+    pool: asyncpg.Pool,
+) -> None:
+    """The download handler's group commit: documents that finish while a commit runs go in
+    the next one; a row another worker took over fails alone, with LeaseLost."""
+    process_id, docs = await seed_documents(pool, 6)
+    job_id = await make_job(pool, process_id, docs, "alice")
+    queue = Queue(pool, QueueConfig(), "finisher-test")
+    async with transaction(pool) as conn:
+        await queue.enqueue_many(conn, "download", [str(d) for d in docs])
+    tasks = {int(t.ref): t for t in await queue.claim(10, ["download"])}
+    for doc in docs:
+        assert await start(pool, doc)
+    # Another owner took the last row over (its lease had expired): this worker's commit of
+    # that document must not land.
+    stolen = tasks[docs[-1]]
+    await pool.execute("UPDATE pdpj.queue SET lease_owner = 'other' WHERE id = $1", stolen.id)
+    hook = FinalHook()
+    finisher = Finisher(pool, queue, hook)
+
+    def finished(doc: int) -> states.Finished:
+        return states.Finished(
+            document_id=doc, size=doc, sha256=f"{doc:064x}", storage_key=f"k/{doc}", mime_type="x/y"
+        )
+
+    results = await asyncio.gather(
+        *(finisher.finish(tasks[d], finished(d)) for d in docs), return_exceptions=True
+    )
+    assert results[:-1] == [None] * 5
+    assert isinstance(results[-1], LeaseLost)
+    for doc in docs[:-1]:
+        row = await document(pool, doc)
+        assert (row["status"], row["size"], row["storage_key"]) == ("available", doc, f"k/{doc}")
+    assert await status_of(pool, docs[-1]) == "processing"
+    left = await pool.fetch("SELECT id FROM pdpj.queue WHERE kind = 'download'")
+    assert [r["id"] for r in left] == [stolen.id]
+    # The first attempt, with all six, completed the job and was rolled back: nothing of it
+    # stays (the outbox insert is made in that same transaction).
+    row = await job(pool, job_id)
+    assert (row["status"], row["completed_documents"], row["completed_at"]) == (
+        "processing",
+        5,
+        None,
+    )

@@ -14,7 +14,7 @@ from pdpj_async.config import QueueConfig
 from pdpj_async.db import Connection
 from pdpj_async.errors import LeaseLost, PermanentFailure, Release, RetryLater
 from pdpj_async.queue import Queue, Task
-from pdpj_async.workers import Gate, WorkerPool
+from pdpj_async.workers import Gate, WorkerPool, settling
 
 FAST = QueueConfig(
     workers=4,
@@ -410,3 +410,35 @@ async def test_pool_survives_its_listener_connection_being_killed(
         await enqueue(pool, "doc-1")
         await asyncio.wait_for(ran.wait(), SLOW_POLL / 6)
         assert workers.failed is not None and not workers.failed.done()
+
+
+async def test_a_settling_handler_gives_its_slot_to_the_next_row_and_keeps_its_own(
+    pool: asyncpg.Pool, db_dsn: str
+) -> None:
+    """queue.workers bounds the handlers at work: one waiting only for its commit (settling)
+    lets the next row start, and its own row stays leased until it returns."""
+    await enqueue(pool, "a", "b", "c")
+    commit = asyncio.Event()
+    working: set[str] = set()
+    most_working = 0
+    started: list[str] = []
+
+    async def handler(task: Task) -> None:
+        nonlocal most_working
+        started.append(task.ref)
+        working.add(task.ref)
+        most_working = max(most_working, len(working))
+        await asyncio.sleep(0.01)
+        working.discard(task.ref)
+        settling()
+        await commit.wait()
+
+    async with running_pool(pool, db_dsn, handler, cfg=config(workers=1)) as workers:
+        await eventually(lambda: len(started) == 3)
+        assert most_working == 1
+        # All three wait for their commit: their rows are still theirs.
+        assert workers.running == 3
+        assert {r["lease_owner"] for r in await rows(pool)} == {"pool-a"}
+        commit.set()
+        await eventually(lambda: workers.running == 0)
+    assert await rows(pool) == []

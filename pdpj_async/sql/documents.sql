@@ -65,3 +65,24 @@ SELECT doc.id, doc.uuid, doc.name, doc.type_name, doc.mime_type, doc.declared_si
 FROM doc
 JOIN pdpj.processes p ON p.id = doc.process_id
 CROSS JOIN async_commit;
+
+-- name: lock_documents
+-- Documents in id order, before any job: the lock order of every transaction.
+SELECT id FROM pdpj.documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE;
+
+-- name: make_available_many
+-- Several finished downloads at once (their rows locked already): each document becomes
+-- available with what was stored, if its status is one of $6.
+UPDATE pdpj.documents d
+SET status = 'available',
+    download_completed_at = now(),
+    error_message = NULL,
+    size = t.size,
+    sha256 = t.sha256,
+    storage_key = t.storage_key,
+    stored_mime_type = t.mime_type,
+    updated_at = now()
+FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+     AS t(id, size, sha256, storage_key, mime_type)
+WHERE d.id = t.id AND d.status = ANY($6::text[])
+RETURNING d.id;
