@@ -2,28 +2,32 @@
 
 An object is written to a hidden temp file in its target directory, fsynced, and renamed
 into place (then the directory is fsynced), so the final key never holds a partial object.
-Content type, original name and metadata live in a sidecar under `{root}/.meta/`, written the
-same way and renamed just before the object. The two fsyncs of each step run at once (the
-journal commits them together), so a commit waits for two flushes rather than three in a row.
-Keys whose segments start with a dot are refused, which keeps temp files and sidecars
-unreachable. The daemon serves downloads itself with sendfile on
-`/files/{key}?expires=&sig=` (see `setup_routes`).
+Content type, original name, size, sha256 and metadata travel with the file, in its extended
+attribute `user.pdpj.meta`, set before the fsync that makes the data durable: one flush covers
+both, and the rename moves them together. On a filesystem without user extended attributes
+(or with no room for this one) they go to a sidecar under `{root}/.meta/` instead, written and
+fsynced the same way and renamed just before the object. Keys whose segments start with a dot
+are refused, which keeps temp files and sidecars unreachable. The daemon serves downloads
+itself with sendfile on `/files/{key}?expires=&sig=` (see `setup_routes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
+import errno
 import functools
 import hashlib
 import hmac
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Self, TypeVar
+from typing import IO, Any, Self, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -48,6 +52,10 @@ WRITE_BATCH = 1024 * 1024
 # must not be the default executor's min(32, cpus + 4) shared with everything else: with 16
 # download workers on 2 cores that was 6 threads, and commits queued behind each other.
 IO_THREADS = 64
+
+META_XATTR = "user.pdpj.meta"
+# setxattr's answers where the filesystem has no user extended attributes, or no room for ours.
+_NO_XATTR = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ENOSPC, errno.ERANGE})
 
 _T = TypeVar("_T")
 
@@ -91,16 +99,30 @@ def _write_synced(path: Path, data: bytes) -> Path:
     return tmp
 
 
-async def _both(first: Awaitable[object], second: Awaitable[_T]) -> _T:
-    """Await both (neither is left running in its thread); raise the first error; second's value."""
-    results = await asyncio.gather(first, second, return_exceptions=True)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        if isinstance(results[1], Path):
-            # A synced sidecar temp file whose object failed: not left for the sweeper.
-            results[1].unlink(missing_ok=True)
-        raise errors[0]
-    return results[1]  # type: ignore[return-value]
+def _attach_meta(fd: int, data: bytes) -> bool:
+    """The metadata in the file's own extended attribute; False where that is not possible."""
+    try:
+        os.setxattr(fd, META_XATTR, data)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return False
+        raise
+    return True
+
+
+def load_meta(path: Path, sidecar: Path) -> FsMeta | None:
+    """The metadata of the object at `path` (attribute, else sidecar); None when absent."""
+    try:
+        return _decode_meta(os.getxattr(path, META_XATTR))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in _NO_XATTR | {errno.ENODATA}:
+            raise
+    try:
+        return _decode_meta(sidecar.read_bytes())
+    except FileNotFoundError:
+        return None
 
 
 def load_signing_key(config: StorageConfig, data_dir: Path) -> bytes:
@@ -133,24 +155,26 @@ class FilesystemWriter(WriterBase):
         self._batch_size = 0
         self._tmp: Path | None = None
         self._file: IO[bytes] | None = None
+        # The call on an I/O thread now running, if any: a cancelled await does not stop it,
+        # so abort waits for it before it discards the file.
+        self._inflight: concurrent.futures.Future[Any] | None = None
 
-    async def start(self) -> None:
-        """Create the temp file; raises StorageError."""
-        try:
-            await self._storage.run(self._open)
-        except OSError as exc:
-            raise StorageError(f"cannot create a file for {self.key}: {exc.strerror}") from exc
+    async def _io(self, fn: Callable[..., _T], *args: object) -> _T:
+        self._inflight = self._storage.submit(fn, *args)
+        return await asyncio.wrap_future(self._inflight)
 
-    def _open(self) -> None:
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self._final.with_name(f".{secrets.token_hex(8)}{TMP_SUFFIX}")
-        self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+    def _open(self) -> IO[bytes]:
+        # On the I/O thread, with the first bytes: no thread hop of its own.
+        if self._file is None:
+            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = self._final.with_name(f".{secrets.token_hex(8)}{TMP_SUFFIX}")
+            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+        return self._file
 
     async def write(self, chunk: bytes) -> None:
-        """Add bytes; written out in batches off the event loop. Raises StorageError."""
+        """Add bytes; hashed and written out in batches off the event loop. Raises StorageError."""
         if self._done:
             raise StorageError("write after commit or abort")
-        self._hash.update(chunk)
         self._size += len(chunk)
         self._batch.append(chunk)
         self._batch_size += len(chunk)
@@ -161,38 +185,35 @@ class FilesystemWriter(WriterBase):
                 await self.abort()
                 raise
 
-    async def _flush_batch(self) -> None:
+    def _take_batch(self) -> bytes:
         data = b"".join(self._batch)
         self._batch.clear()
         self._batch_size = 0
-        assert self._file is not None
+        return data
+
+    async def _flush_batch(self) -> None:
         try:
-            await self._storage.run(self._file.write, data)
+            await self._io(self._write_out, self._take_batch())
         except OSError as exc:
             raise StorageError(f"cannot write {self.key}: {exc.strerror}") from exc
 
-    async def commit(self) -> StoredObject:
-        """fsync object and sidecar, rename both into place, fsync their directories.
+    def _write_out(self, data: bytes) -> IO[bytes]:
+        # On the I/O thread: sha256 and the write both release the GIL on large buffers.
+        file = self._open()
+        self._hash.update(data)
+        file.write(data)
+        return file
 
-        Aborts on failure. Once it returns, a crash leaves the whole object and its sidecar.
+    async def commit(self) -> StoredObject:
+        """Write what is left, fsync with the metadata, rename into place, fsync the directory.
+
+        One call on an I/O thread. Aborts on failure. Once it returns, a crash leaves the whole
+        object with its metadata.
         """
         if self._done:
             raise StorageError("commit after commit or abort")
-        sha256 = self._hash.hexdigest()
-        meta = msgspec.structs.replace(self._meta, size=self._size, sha256=sha256)
-        meta_path = self._storage.meta_path(self.key)
-        run = self._storage.run
         try:
-            if self._batch:
-                await self._flush_batch()
-            # Both temp files durable before either name points at them; the two fsyncs at
-            # once share a journal commit instead of waiting for one each.
-            meta_tmp = await _both(
-                run(self._sync_data), run(_write_synced, meta_path, _encode_meta(meta))
-            )
-            await run(self._rename, meta_tmp, meta_path)
-            # The renames durable: both directories, again at once.
-            await _both(run(_fsync_dir, self._final.parent), run(_fsync_dir, meta_path.parent))
+            sha256 = await self._io(self._finish, self._take_batch())
         except OSError as exc:
             await self.abort()
             raise StorageError(f"cannot store {self.key}: {exc.strerror}") from exc
@@ -202,21 +223,37 @@ class FilesystemWriter(WriterBase):
         self._done = True
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=None)
 
-    def _sync_data(self) -> None:
-        assert self._file is not None
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-
-    def _rename(self, meta_tmp: Path, meta_path: Path) -> None:
-        # Sidecar first: an object whose name exists always has its metadata.
-        os.replace(meta_tmp, meta_path)
+    def _finish(self, rest: bytes) -> str:
+        file = self._write_out(rest)
         assert self._tmp is not None
+        sha256 = self._hash.hexdigest()
+        meta = _encode_meta(msgspec.structs.replace(self._meta, size=self._size, sha256=sha256))
+        file.flush()
+        sidecar = sidecar_tmp = None
+        if not _attach_meta(file.fileno(), meta):
+            sidecar = self._storage.meta_path(self.key)
+            sidecar_tmp = _write_synced(sidecar, meta)
+        try:
+            os.fsync(file.fileno())
+            file.close()
+            if sidecar is not None and sidecar_tmp is not None:
+                # Sidecar first: an object whose name exists always has its metadata.
+                os.replace(sidecar_tmp, sidecar)
+                sidecar_tmp = None
+                _fsync_dir(sidecar.parent)
+        finally:
+            if sidecar_tmp is not None:
+                sidecar_tmp.unlink(missing_ok=True)
         os.replace(self._tmp, self._final)
         self._tmp = None
+        _fsync_dir(self._final.parent)
+        return sha256
 
     async def _abort(self) -> None:
         self._batch.clear()
+        if self._inflight is not None and not self._inflight.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._inflight)
         await self._storage.run(self._discard)
 
     def _discard(self) -> None:
@@ -241,7 +278,11 @@ class FilesystemStorage:
 
     async def run(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run blocking file I/O on this store's own threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def submit(self, fn: Callable[..., _T], *args: object) -> concurrent.futures.Future[_T]:
+        """Start blocking file I/O on this store's own threads."""
+        return self._io.submit(fn, *args)
 
     @classmethod
     async def open(cls, config: StorageConfig, data_dir: Path, *, public_url: str) -> Self:
@@ -266,7 +307,7 @@ class FilesystemStorage:
         return path if path.is_relative_to(self.root) else None
 
     def meta_path(self, key: str) -> Path:
-        """Where the sidecar of `key` lives."""
+        """Where the sidecar of `key` lives, if it needs one."""
         *dirs, name = key.split("/")
         return self.root.joinpath(META_DIR, *dirs, name + ".json")
 
@@ -289,9 +330,7 @@ class FilesystemStorage:
         meta = FsMeta(
             content_type=content_type, filename=filename, size=0, sha256="", metadata=metadata
         )
-        writer = FilesystemWriter(self, key, self._checked_path(key), meta)
-        await writer.start()
-        return writer
+        return FilesystemWriter(self, key, self._checked_path(key), meta)
 
     def sign(self, key: str, expires: int, name: str) -> str:
         """The URL signature of (key, expiry, download name)."""
@@ -310,19 +349,10 @@ class FilesystemStorage:
         return f"{self._base}{quote_key(key)}?expires={expires}{extra}&sig={sig}"
 
     async def read_meta(self, key: str) -> FsMeta | None:
-        """The sidecar of an existing object, or None."""
+        """The metadata of an existing object, or None."""
         path = self._checked_path(key)
-
-        def read() -> FsMeta | None:
-            if not path.is_file():
-                return None
-            try:
-                return _decode_meta(self.meta_path(key).read_bytes())
-            except FileNotFoundError:
-                return None
-
         try:
-            return await self.run(read)
+            return await self.run(load_meta, path, self.meta_path(key))
         except (OSError, msgspec.DecodeError) as exc:
             raise StorageError(f"cannot read metadata of {key}") from exc
 
@@ -334,7 +364,7 @@ class FilesystemStorage:
         return StoredObject(key=key, size=meta.size, sha256=meta.sha256, etag=None)
 
     async def delete(self, key: str) -> None:
-        """Remove the object and its sidecar (no error when absent)."""
+        """Remove the object and its sidecar if it has one (no error when absent)."""
         path = self._checked_path(key)
 
         def remove() -> None:

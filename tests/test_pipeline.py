@@ -28,7 +28,7 @@ from pdpj_async.pipeline import Downloader
 from pdpj_async.processes import DOWNLOAD_KIND, ProcessService
 from pdpj_async.queue import Queue
 from pdpj_async.storage import MIN_PART_SIZE, Storage, content_disposition, create_storage
-from pdpj_async.storage_fs import META_DIR, TMP_SUFFIX, FsMeta
+from pdpj_async.storage_fs import META_DIR, TMP_SUFFIX, load_meta
 from pdpj_async.tokens import FileTokenProvider, TokenProvider
 from pdpj_async.upstream import PdpjClient
 from pdpj_async.workers import Gate, WorkerPool
@@ -106,9 +106,8 @@ class Store:
             return Landed(
                 answer["Data"], answer["ContentType"], answer["ContentDisposition"], metadata
             )
-        meta = msgspec.json.decode(
-            self.root.joinpath(META_DIR, key + ".json").read_bytes(), type=FsMeta
-        )
+        meta = load_meta(self.root.joinpath(key), self.root.joinpath(META_DIR, key + ".json"))
+        assert meta is not None
         return Landed(
             self.root.joinpath(key).read_bytes(),
             meta.content_type,

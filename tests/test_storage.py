@@ -27,7 +27,7 @@ from pdpj_async.storage import (
     object_key,
     safe_name,
 )
-from pdpj_async.storage_fs import FilesystemStorage, FsMeta
+from pdpj_async.storage_fs import FilesystemStorage, load_meta
 from tests.fixtures.s3 import S3Bucket
 
 PART = MIN_PART_SIZE
@@ -94,7 +94,8 @@ def _fs_backend(storage: FilesystemStorage) -> Backend:
     def read(key: str) -> Landed:
         path = storage.path_of(key)
         assert path is not None
-        meta = msgspec.json.decode(storage.meta_path(key).read_bytes(), type=FsMeta)
+        meta = load_meta(path, storage.meta_path(key))
+        assert meta is not None
         disposition = content_disposition(meta.filename)
         return Landed(path.read_bytes(), meta.content_type, disposition, meta.sha256, meta.metadata)
 

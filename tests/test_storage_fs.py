@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
 import stat
 import time
@@ -17,9 +20,15 @@ from pdpj_async import state
 from pdpj_async.config import StorageConfig
 from pdpj_async.middleware import api_middleware
 from pdpj_async.storage import content_disposition, create_storage
-from pdpj_async.storage_fs import SIGNING_KEY_FILE, FilesystemStorage, setup_routes
+from pdpj_async.storage_fs import (
+    SIGNING_KEY_FILE,
+    WRITE_BATCH,
+    FilesystemStorage,
+    load_meta,
+    setup_routes,
+)
 from tests.fixtures.s3 import with_changes
-from tests.test_storage import KEY, body, store
+from tests.test_storage import KEY, NUMBER, UUID, body, store
 
 
 @pytest.fixture
@@ -53,6 +62,57 @@ async def test_signed_url_serves_the_bytes_with_type_and_name(
 
     renamed = await files.get(fs_storage.download_url(KEY, filename="Outro nome.pdf"))
     assert renamed.headers["Content-Disposition"] == content_disposition("Outro nome.pdf")
+
+
+async def test_metadata_travels_with_the_file_not_in_a_sidecar(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any]
+) -> None:
+    data = body(70_000)
+    stored = await store(fs_storage, KEY, data)
+
+    path = fs_storage.path_of(KEY)
+    assert path is not None
+    assert not fs_storage.meta_path(KEY).exists()
+    meta = load_meta(path, fs_storage.meta_path(KEY))
+    assert meta is not None
+    assert (meta.size, meta.sha256, meta.content_type) == (
+        len(data),
+        stored.sha256,
+        "application/pdf",
+    )
+    assert meta.metadata == {"pdpj-uuid": UUID, "process-number": NUMBER}
+
+    await fs_storage.delete(KEY)
+    assert not path.exists()
+    assert (await files.get(fs_storage.download_url(KEY))).status == 404
+
+
+async def test_without_extended_attributes_a_sidecar_carries_the_metadata(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem without user xattrs (some network and FUSE mounts) cannot run here:
+    setxattr answers as such a filesystem does."""
+
+    def unsupported(*_args: object) -> None:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", unsupported)
+    data = body(50_000)
+    stored = await store(fs_storage, KEY, data, filename="Sem atributos.pdf")
+
+    sidecar = fs_storage.meta_path(KEY)
+    assert sidecar.is_file()
+    assert await fs_storage.head(KEY) == stored
+    response = await files.get(fs_storage.download_url(KEY))
+    assert response.status == 200
+    assert await response.read() == data
+    assert response.headers["Content-Type"] == "application/pdf"
+    assert response.headers["Content-Disposition"] == content_disposition("Sem atributos.pdf")
+    # Nothing half-done beside it: no temp file of the object or of the sidecar.
+    assert not [p for p in fs_storage.root.rglob(".*.tmp")]
+
+    await fs_storage.delete(KEY)
+    assert not sidecar.exists()
 
 
 async def test_tampered_signature_is_refused(
@@ -144,7 +204,8 @@ async def test_sweep_removes_old_temp_files_and_spares_young_ones(
     fs_storage: FilesystemStorage,
 ) -> None:
     writer = await fs_storage.open_writer(KEY, content_type="x/y", filename="x", metadata={})
-    await writer.write(b"in progress")
+    # The temp file appears with the first batch written out.
+    await writer.write(body(WRITE_BATCH))
     [temp] = [p for p in fs_storage.root.rglob(".*.tmp")]
     hour_ago = time.time() - 3600
     stale = temp.with_name(".crashed.tmp")
@@ -155,3 +216,20 @@ async def test_sweep_removes_old_temp_files_and_spares_young_ones(
     assert not stale.exists() and temp.exists()
     await writer.abort()
     assert not temp.exists()
+
+
+async def test_a_write_cancelled_on_its_io_thread_leaves_no_temp_file(
+    fs_storage: FilesystemStorage,
+) -> None:
+    """Cancelling the await does not stop the thread already writing; abort waits for it."""
+    data = body(8 * WRITE_BATCH)
+    for pause in (0, 0, 0.0005, 0.001, 0.002, 0.005):
+        writer = await fs_storage.open_writer(KEY, content_type="x/y", filename="x", metadata={})
+        write = asyncio.create_task(writer.write(data))
+        await asyncio.sleep(pause)
+        write.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await write
+        await writer.abort()
+        assert list(fs_storage.root.rglob(".*.tmp")) == []
+        assert fs_storage.path_of(KEY) is not None and not fs_storage.path_of(KEY).exists()  # type: ignore[union-attr]
