@@ -155,13 +155,10 @@ class FilesystemWriter(WriterBase):
         self._batch_size = 0
         self._tmp: Path | None = None
         self._file: IO[bytes] | None = None
-        # The call on an I/O thread now running, if any: a cancelled await does not stop it,
-        # so abort waits for it before it discards the file.
+        # The last call given to an I/O thread: a batch being written while the next one
+        # gathers, or the commit. Its await being cancelled does not stop it, so abort waits
+        # for it before it discards the file.
         self._inflight: concurrent.futures.Future[Any] | None = None
-
-    async def _io(self, fn: Callable[..., _T], *args: object) -> _T:
-        self._inflight = self._storage.submit(fn, *args)
-        return await asyncio.wrap_future(self._inflight)
 
     def _open(self) -> IO[bytes]:
         # On the I/O thread, with the first bytes: no thread hop of its own.
@@ -172,7 +169,8 @@ class FilesystemWriter(WriterBase):
         return self._file
 
     async def write(self, chunk: bytes) -> None:
-        """Add bytes; hashed and written out in batches off the event loop. Raises StorageError."""
+        """Add bytes; hashed and written out in batches on an I/O thread while the next batch
+        gathers (at most two batches in memory). Raises StorageError."""
         if self._done:
             raise StorageError("write after commit or abort")
         self._size += len(chunk)
@@ -180,7 +178,8 @@ class FilesystemWriter(WriterBase):
         self._batch_size += len(chunk)
         if self._batch_size >= WRITE_BATCH:
             try:
-                await self._flush_batch()
+                await self._settle_inflight()
+                self._inflight = self._storage.submit(self._write_out, self._take_batch())
             except BaseException:
                 await self.abort()
                 raise
@@ -191,9 +190,12 @@ class FilesystemWriter(WriterBase):
         self._batch_size = 0
         return data
 
-    async def _flush_batch(self) -> None:
+    async def _settle_inflight(self) -> None:
+        """Wait for the batch being written out; raises its error as StorageError."""
+        if self._inflight is None:
+            return
         try:
-            await self._io(self._write_out, self._take_batch())
+            await asyncio.wrap_future(self._inflight)
         except OSError as exc:
             raise StorageError(f"cannot write {self.key}: {exc.strerror}") from exc
 
@@ -213,7 +215,9 @@ class FilesystemWriter(WriterBase):
         if self._done:
             raise StorageError("commit after commit or abort")
         try:
-            sha256 = await self._io(self._finish, self._take_batch())
+            await self._settle_inflight()
+            self._inflight = self._storage.submit(self._finish, self._take_batch())
+            sha256: str = await asyncio.wrap_future(self._inflight)
         except OSError as exc:
             await self.abort()
             raise StorageError(f"cannot store {self.key}: {exc.strerror}") from exc
