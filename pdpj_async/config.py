@@ -111,6 +111,8 @@ class StorageConfig(_Section, frozen=True):
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     part_size: int = 8 * 1024 * 1024
     parts_in_flight: int = 4
+    # A body of known size above part_size and up to this goes as one streamed PutObject.
+    single_put_max_size: int = 1024 * 1024 * 1024
     # Attempts per S3 call (botocore's standard retry mode), the first included.
     max_attempts: int = 3
     # Abort multipart uploads older than this (leftovers of a crash).

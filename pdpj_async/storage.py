@@ -29,6 +29,8 @@ log = get_logger(__name__)
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 MAX_PARTS = 10_000
+# ... and on a single PutObject.
+MAX_PUT_SIZE = 5 * 1024 * 1024 * 1024
 
 # Metadata keys the writer itself sets.
 SHA256_META = "sha256"
@@ -225,6 +227,8 @@ def validate_config(config: StorageConfig) -> None:
     """Refuse storage settings that cannot work; raises ConfigError naming the key."""
     if not MIN_PART_SIZE <= config.part_size <= MAX_PART_SIZE:
         raise ConfigError(f"storage.part_size: must be between {MIN_PART_SIZE} and {MAX_PART_SIZE}")
+    if not 0 <= config.single_put_max_size <= MAX_PUT_SIZE:
+        raise ConfigError(f"storage.single_put_max_size: must be between 0 and {MAX_PUT_SIZE}")
     if config.parts_in_flight < 1:
         raise ConfigError("storage.parts_in_flight: must be at least 1")
     if config.max_attempts < 1:

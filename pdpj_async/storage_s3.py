@@ -1,11 +1,15 @@
-"""S3 backend (aiobotocore, any S3-compatible store): streaming multipart writer, sweeper, URLs.
+"""S3 backend (aiobotocore, any S3-compatible store): streaming writers, sweeper, URLs.
 
-sha256 placement: a body smaller than one part is one PutObject whose metadata carries
-`sha256`. For a multipart upload the hash is known only after the last byte, when the
-metadata is already fixed; rewriting the object (CopyObject) would cost a second write of
-every byte, so the hash goes into an object tag `sha256` right after completion. `head()`
-reads the metadata first and the tag when the metadata lacks it. The database row stays
-the authoritative record; a store without tagging support only loses this copy (logged).
+Which upload a body gets (`S3Storage.open_writer`): one part or less, a PutObject of the
+buffered part; a known size up to `single_put_max_size`, one PutObject streamed while the
+bytes arrive (`S3StreamWriter`); otherwise, or of unknown size, multipart (`S3Writer`).
+
+sha256 placement: a body of one part or less is one PutObject whose metadata carries
+`sha256`. For a streamed or multipart upload the hash is known only after the last byte,
+when the metadata is already fixed; rewriting the object (CopyObject) would cost a second
+write of every byte, so the hash goes into an object tag `sha256` right after completion.
+`head()` reads the metadata first and the tag when the metadata lacks it. The database row
+stays the authoritative record; a store without tagging support only loses this copy (logged).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections import deque
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
@@ -24,7 +29,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .config import StorageConfig
-from .errors import StorageError
+from .errors import ContentMismatch, StorageError
 from .logs import get_logger
 from .presign import Presigner
 from .storage import (
@@ -148,7 +153,7 @@ class S3Writer(WriterBase):
             raise
         self._done = True
         if self._upload_id is not None:
-            await self._tag_sha256(sha256)
+            await _tag_sha256(self._client, self._bucket, self.key, sha256)
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
 
     async def _send_part(self) -> None:
@@ -232,17 +237,6 @@ class S3Writer(WriterBase):
             )
         return answer.get("ETag")
 
-    async def _tag_sha256(self, sha256: str) -> None:
-        try:
-            with _boundary("PutObjectTagging"):
-                await self._client.put_object_tagging(
-                    Bucket=self._bucket,
-                    Key=self.key,
-                    Tagging={"TagSet": [{"Key": SHA256_META, "Value": sha256}]},
-                )
-        except StorageError as exc:
-            log.warning("s3_tagging_failed", key=self.key, error=str(exc))
-
     async def _abort(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -262,8 +256,225 @@ class S3Writer(WriterBase):
             log.info("s3_upload_aborted", key=self.key, parts=self._next_part - 1)
 
 
+async def _tag_sha256(client: S3Client, bucket: str, key: str, sha256: str) -> None:
+    """Record the hash of a body whose metadata went out before its last byte."""
+    try:
+        with _boundary("PutObjectTagging"):
+            await client.put_object_tagging(
+                Bucket=bucket,
+                Key=key,
+                Tagging={"TagSet": [{"Key": SHA256_META, "Value": sha256}]},
+            )
+    except StorageError as exc:
+        log.warning("s3_tagging_failed", key=key, error=str(exc))
+
+
+class _Body:
+    """A PutObject body fed by `put()` and sent by aiohttp as it arrives (an async iterable).
+
+    At most `limit` bytes wait between the two sides: `put()` waits for room, which is the
+    backpressure on the download. Once the request is over (`stop()`), `put()` waits no more:
+    the writer then finds the request's outcome. `read` exists only because botocore accepts
+    a streaming body only if it looks like a file; nothing calls it. There is no `seek`, so a
+    botocore retry, which would resend a body already partly sent, fails instead.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._limit = limit
+        self._ended = False
+        self._stopped = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+
+    def read(self, size: int = -1) -> bytes:
+        raise io.UnsupportedOperation("a streamed body is read asynchronously")
+
+    async def put(self, chunk: bytes) -> None:
+        while self._queued >= self._limit and not self._stopped:
+            self._writable.clear()
+            await self._writable.wait()
+        if self._stopped:
+            return
+        self._chunks.append(chunk)
+        self._queued += len(chunk)
+        self._readable.set()
+
+    def end(self) -> None:
+        """No more chunks: the iteration stops once the queue is empty."""
+        self._ended = True
+        self._readable.set()
+
+    def stop(self) -> None:
+        """The request is over: drop what waits and let `put()` return."""
+        self._stopped = True
+        self._chunks.clear()
+        self._queued = 0
+        self._writable.set()
+
+    def __aiter__(self) -> _Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._chunks:
+            if self._ended:
+                raise StopAsyncIteration
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        self._queued -= len(chunk)
+        self._writable.set()
+        return chunk
+
+
+class S3StreamWriter(WriterBase):
+    """One PutObject of a size known in advance, its body streamed while the bytes arrive.
+
+    Why not multipart: the bytes come from one HTTP stream (the PDPJ download), so parts in
+    flight cannot make a document arrive faster than that stream; one PUT saves the part
+    bookkeeping, CreateMultipartUpload and CompleteMultipartUpload (a round trip after the
+    last byte, in which the store assembles the parts; moto copies every byte again), and a
+    crash leaves no upload for the sweeper. What it gives up: a streamed body cannot be
+    resent, so botocore cannot retry a failed PUT and a store error costs the attempt (the
+    download starts over) where multipart resends one part; `single_put_max_size` bounds that.
+
+    Nothing is visible before commit: the last chunk is held back until `commit()`, so the
+    store never has all Content-Length bytes earlier. A request cut short (an error, a
+    cancel, a killed process whose socket the kernel closes) is not stored: S3 refuses a
+    body shorter than its Content-Length (moto answers 400, checked by the tests). More bytes
+    than announced raise ContentMismatch at once; fewer, at commit.
+
+    Memory: up to `queue_bytes` waiting for the socket plus the held chunk, whatever the size.
+    The payload is not signed (UNSIGNED-PAYLOAD: its hash is not known when the request
+    starts), so `client` must be configured with `payload_signing_enabled=False`; over TLS
+    the transport guards the bytes, and the sha256 we compute goes into the tag.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        key: str,
+        *,
+        size: int,
+        queue_bytes: int,
+        content_type: str,
+        disposition: str,
+        metadata: dict[str, str],
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._bucket = bucket
+        self.key = key
+        self._expected = size
+        self._content_type = content_type
+        self._disposition = disposition
+        self._metadata = metadata
+        self._body = _Body(queue_bytes)
+        self._held = b""
+        self._request: asyncio.Task[str | None] | None = None
+
+    async def write(self, chunk: bytes) -> None:
+        """Add bytes; they go out as the socket takes them. Raises StorageError, ContentMismatch."""
+        if self._done:
+            raise StorageError("write after commit or abort")
+        if not chunk:
+            return
+        self._hash.update(chunk)
+        self._size += len(chunk)
+        try:
+            if self._size > self._expected:
+                raise ContentMismatch(
+                    f"body longer than the expected {self._expected} bytes (size mismatch)"
+                )
+            if self._held:
+                await self._send(self._held)
+            self._held = chunk
+        except BaseException:
+            await self.abort()
+            raise
+
+    async def commit(self) -> StoredObject:
+        """Send the held chunk and wait for the PUT's answer; on any failure aborts, then raises."""
+        if self._done:
+            raise StorageError("commit after commit or abort")
+        sha256 = self._hash.hexdigest()
+        try:
+            if self._size != self._expected:
+                raise ContentMismatch(
+                    f"body has {self._size} of the expected {self._expected} bytes (size mismatch)"
+                )
+            await self._send(self._held)
+            self._held = b""
+            self._body.end()
+            assert self._request is not None
+            etag = await self._request
+        except BaseException:
+            await self.abort()
+            raise
+        self._done = True
+        await _tag_sha256(self._client, self._bucket, self.key, sha256)
+        return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
+
+    async def _send(self, chunk: bytes) -> None:
+        if self._request is None:
+            self._request = asyncio.create_task(self._put(), name="s3_streamed_put")
+            self._request.add_done_callback(lambda _: self._body.stop())
+        await self._body.put(chunk)
+        if self._request.done():
+            # Over before its last byte: its error (or, oddly, an early answer) is ours.
+            raise self._request.exception() or StorageError("s3 PutObject ended early")
+
+    async def _put(self) -> str | None:
+        with _boundary("PutObject"):
+            answer = await self._client.put_object(
+                Bucket=self._bucket,
+                Key=self.key,
+                Body=self._body,  # type: ignore[arg-type]
+                ContentLength=self._expected,
+                ContentType=self._content_type,
+                ContentDisposition=self._disposition,
+                Metadata=self._metadata,
+            )
+        return answer.get("ETag")
+
+    async def _abort(self) -> None:
+        # Cancelling the request closes its connection mid-body: the store keeps nothing.
+        self._held = b""
+        if self._request is not None:
+            self._request.cancel()
+            await asyncio.gather(self._request, return_exceptions=True)
+            log.info("s3_put_aborted", key=self.key, received=self._size)
+
+
+# Bytes a streamed PUT may hold between the download and the socket: a few upstream chunks,
+# enough to ride out the two sides' bursts.
+STREAM_QUEUE_BYTES = 4 * 1024 * 1024
+
+
+def _client_config(
+    config: StorageConfig, *, max_pool_connections: int, sign_payload: bool
+) -> AioConfig:
+    return AioConfig(
+        region_name=config.region,
+        signature_version="s3v4",
+        # Unsigned payloads only where they must be: a streamed body's hash is not known
+        # when its request is signed (botocore would sign it over plain http otherwise).
+        s3={"addressing_style": config.addressing_style, "payload_signing_enabled": sign_payload},
+        max_pool_connections=max_pool_connections,
+        # Stores that reject the new default CRC checksums (MinIO, Ceph, ...) keep working;
+        # "when_required" also keeps botocore from reading a streamed body to checksum it.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": config.max_attempts},
+        connect_timeout=10,
+        read_timeout=60,
+    )
+
+
 class S3Storage:
-    """Objects in one bucket, through one pooled aiobotocore client."""
+    """Objects in one bucket, through pooled aiobotocore clients (one for streamed PUTs)."""
 
     backend = "s3"
 
@@ -271,12 +482,14 @@ class S3Storage:
         self,
         config: StorageConfig,
         client: S3Client,
+        stream_client: S3Client,
         stack: AsyncExitStack,
         presigner: Presigner,
         credentials: Any,
     ) -> None:
         self._config = config
         self._client = client
+        self._stream_client = stream_client
         self._stack = stack
         self._presigner = presigner
         # A refreshable credential provider (None when keys are configured explicitly).
@@ -292,29 +505,22 @@ class S3Storage:
     async def open(cls, config: StorageConfig, *, max_pool_connections: int) -> Self:
         """Create the client and the presigner; raises StorageError when no credentials exist."""
         session = _get_session()
-        aio_config = AioConfig(
-            region_name=config.region,
-            signature_version="s3v4",
-            s3={"addressing_style": config.addressing_style},
-            max_pool_connections=max_pool_connections,
-            # Stores that reject the new default CRC checksums (MinIO, Ceph, ...) keep working.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            retries={"mode": "standard", "max_attempts": config.max_attempts},
-            connect_timeout=10,
-            read_timeout=60,
-        )
         stack = AsyncExitStack()
         try:
-            client: S3Client = await stack.enter_async_context(
-                session.create_client(
-                    "s3",
-                    endpoint_url=config.endpoint_url or None,
-                    aws_access_key_id=config.access_key_id or None,
-                    aws_secret_access_key=config.secret_access_key or None,
-                    config=aio_config,
+            client, stream_client = [
+                await stack.enter_async_context(
+                    session.create_client(
+                        "s3",
+                        endpoint_url=config.endpoint_url or None,
+                        aws_access_key_id=config.access_key_id or None,
+                        aws_secret_access_key=config.secret_access_key or None,
+                        config=_client_config(
+                            config, max_pool_connections=max_pool_connections, sign_payload=sign
+                        ),
+                    )
                 )
-            )
+                for sign in (True, False)
+            ]
             credentials = None
             token: str | None = None
             if config.access_key_id and config.secret_access_key:
@@ -341,7 +547,7 @@ class S3Storage:
         except BaseException:
             await stack.aclose()
             raise
-        return cls(config, client, stack, presigner, credentials)
+        return cls(config, client, stream_client, stack, presigner, credentials)
 
     async def _refresh_credentials(self) -> None:
         if self._credentials is None:
@@ -359,9 +565,28 @@ class S3Storage:
         filename: str,
         metadata: dict[str, str],
         expected_size: int | None = None,
-    ) -> S3Writer:
-        """A streaming writer for `key`; nothing is visible until commit."""
+    ) -> S3Writer | S3StreamWriter:
+        """A streaming writer for `key`; nothing is visible until commit.
+
+        `expected_size`, when given, is the body's exact size. Above one part and up to
+        `single_put_max_size`, the upload is then one PutObject of that length streamed as
+        the bytes arrive (a body of another size fails it); otherwise it only sizes the parts.
+        """
         await self._refresh_credentials()
+        config = self._config
+        if expected_size is not None and config.part_size < expected_size <= (
+            config.single_put_max_size
+        ):
+            return S3StreamWriter(
+                self._stream_client,
+                config.bucket,
+                key,
+                size=expected_size,
+                queue_bytes=STREAM_QUEUE_BYTES,
+                content_type=content_type,
+                disposition=content_disposition(filename),
+                metadata=ascii_metadata(metadata),
+            )
         return S3Writer(
             self._client,
             self._config.bucket,

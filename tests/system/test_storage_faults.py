@@ -147,7 +147,11 @@ async def test_storage_faults_retry_abort_and_leave_no_orphans(
         pdpj_config,
         port,
         storage=msgspec.to_builtins(
-            msgspec.structs.replace(s3_config, endpoint_url=faulty_s3.url, max_attempts=3)
+            # single_put_max_size=0: the 3-part documents stay multipart (streamed single PUTs
+            # under store faults: tests/test_s3_single_put.py).
+            msgspec.structs.replace(
+                s3_config, endpoint_url=faulty_s3.url, max_attempts=3, single_put_max_size=0
+            )
         ),
         queue={"max_attempts": 8, "backoff_base_s": 0.05, "backoff_cap_s": 0.3, "workers": 4},
     )
