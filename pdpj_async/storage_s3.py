@@ -15,6 +15,7 @@ stays the authoritative record; a store without tagging support only loses this 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 from collections import deque
@@ -93,6 +94,7 @@ class S3Writer(WriterBase):
         bucket: str,
         key: str,
         *,
+        put_client: S3Client,
         part_size: int,
         parts_in_flight: int,
         content_type: str,
@@ -101,6 +103,7 @@ class S3Writer(WriterBase):
     ) -> None:
         super().__init__()
         self._client = client
+        self._put_client = put_client
         self._bucket = bucket
         self.key = key
         self._part_size = part_size
@@ -207,16 +210,20 @@ class S3Writer(WriterBase):
             self._slots.release()
 
     async def _put_single(self, sha256: str) -> str | None:
+        # The sha256 is known already: the store checks the body against it
+        # (x-amz-checksum-sha256, kept with the object), so the request need not hash the body
+        # a second time to sign it (the unsigned-payload client).
         body, self._part = self._part, io.BytesIO()
         body.seek(0)
         with _boundary("PutObject"):
-            answer = await self._client.put_object(
+            answer = await self._put_client.put_object(
                 Bucket=self._bucket,
                 Key=self.key,
                 Body=body,
                 ContentType=self._content_type,
                 ContentDisposition=self._disposition,
                 Metadata={**self._metadata, SHA256_META: sha256},
+                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
             )
         return answer.get("ETag")
 
@@ -474,7 +481,8 @@ def _client_config(
 
 
 class S3Storage:
-    """Objects in one bucket, through pooled aiobotocore clients (one for streamed PUTs)."""
+    """Objects in one bucket, through pooled aiobotocore clients: one signing payloads (parts,
+    control calls), one not (PutObject, whose body is streamed or carries its own sha256)."""
 
     backend = "s3"
 
@@ -482,14 +490,14 @@ class S3Storage:
         self,
         config: StorageConfig,
         client: S3Client,
-        stream_client: S3Client,
+        unsigned_client: S3Client,
         stack: AsyncExitStack,
         presigner: Presigner,
         credentials: Any,
     ) -> None:
         self._config = config
         self._client = client
-        self._stream_client = stream_client
+        self._unsigned_client = unsigned_client
         self._stack = stack
         self._presigner = presigner
         # A refreshable credential provider (None when keys are configured explicitly).
@@ -507,7 +515,7 @@ class S3Storage:
         session = _get_session()
         stack = AsyncExitStack()
         try:
-            client, stream_client = [
+            client, unsigned_client = [
                 await stack.enter_async_context(
                     session.create_client(
                         "s3",
@@ -547,7 +555,7 @@ class S3Storage:
         except BaseException:
             await stack.aclose()
             raise
-        return cls(config, client, stream_client, stack, presigner, credentials)
+        return cls(config, client, unsigned_client, stack, presigner, credentials)
 
     async def _refresh_credentials(self) -> None:
         if self._credentials is None:
@@ -578,7 +586,7 @@ class S3Storage:
             config.single_put_max_size
         ):
             return S3StreamWriter(
-                self._stream_client,
+                self._unsigned_client,
                 config.bucket,
                 key,
                 size=expected_size,
@@ -591,6 +599,7 @@ class S3Storage:
             self._client,
             self._config.bucket,
             key,
+            put_client=self._unsigned_client,
             part_size=effective_part_size(self._config.part_size, expected_size),
             parts_in_flight=self._config.parts_in_flight,
             content_type=content_type,

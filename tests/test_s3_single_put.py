@@ -9,6 +9,7 @@ size still goes multipart.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import signal
 import subprocess
@@ -48,7 +49,7 @@ def record_calls(storage: S3Storage) -> list[str]:
     def note(model: Any, **_: Any) -> None:
         calls.append(model.name)
 
-    for client in (storage._client, storage._stream_client):
+    for client in (storage._client, storage._unsigned_client):
         client.meta.events.register("before-call.s3", note)
     return calls
 
@@ -374,3 +375,33 @@ async def test_single_put_limit_above_5_gib_is_refused(
     config = msgspec.structs.replace(s3_config, single_put_max_size=5 * 1024**3 + 1)
     with pytest.raises(ConfigError, match=r"storage\.single_put_max_size"):
         await create_storage(config, tmp_path)
+
+
+async def test_a_small_body_is_sent_with_its_sha256_for_the_store_to_check(
+    s3_storage: S3Storage, s3_bucket: S3Bucket
+) -> None:
+    """A body of one part or less is hashed once, by the writer: the PutObject carries that
+    sha256 as x-amz-checksum-sha256 (S3 refuses a body that does not match it and keeps it with
+    the object), so the request is not signed over the body a second time."""
+    sent: list[dict[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        sent.append(
+            {
+                k.lower(): v.decode() if isinstance(v, bytes) else v
+                for k, v in request.headers.items()
+            }
+        )
+
+    for client in (s3_storage._client, s3_storage._unsigned_client):
+        client.meta.events.register("before-send.s3.PutObject", capture)
+    data = body(300_000)
+    stored = await store(s3_storage, KEY, data)
+
+    (headers,) = sent
+    assert (
+        headers["x-amz-checksum-sha256"] == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    )
+    assert headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert stored.sha256 == hashlib.sha256(data).hexdigest()
+    assert s3_bucket.get(KEY)["Data"] == data
