@@ -4,7 +4,8 @@ For documents of 1 MiB, 64 MiB and 1 GiB served by the sandbox PDPJ (its own pro
 case runs in a fresh subprocess, so that its peak RSS (ru_maxrss) is that case's alone:
 
 - ours:  the Downloader's transfer path, PdpjClient.stream_document → storage writer
-         (S3 multipart with parts in flight, or temp file + fsync + rename), verified;
+         (S3: one PutObject streamed while the bytes arrive, the size being declared;
+         filesystem: temp file + fsync + rename), verified;
 - seed:  the seed's way: download to a temp file, read it whole into memory, one PUT with
          the same aiobotocore client (filesystem: one write of the whole file, fsync);
 - limit: the same bytes PUT from memory to the same store with the same client (filesystem:

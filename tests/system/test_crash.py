@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 
 from pdpj_async import keys
@@ -56,18 +57,21 @@ async def crash_run(
     for index, number in enumerate(numbers):
         sizes = [rng.randint(1_000, 8_000) for _ in range(documents)]
         if index < 3:
-            # A few multipart uploads (two parts), slowed down so that kills land inside them.
-            sizes[0] = 6 * 1024 * 1024
+            # A few large ones, slowed down so that kills land inside their uploads: 6 MiB go
+            # as one streamed PutObject, 12 MiB as a multipart upload (see single_put below).
+            sizes[0], sizes[1] = 6 * 1024 * 1024, 12 * 1024 * 1024
         docs = await sandbox.override(number, documents=[{"size": s} for s in sizes])
         if index < 3:
-            await sandbox.fault(uuid=docs[0]["uuid"], bandwidth_bps=12_000_000)
+            for doc in docs[:2]:
+                await sandbox.fault(uuid=doc["uuid"], bandwidth_bps=12_000_000)
     key = await keys.create_key(pool, "crash", "user")
+    single_put = msgspec.structs.replace(s3_config, single_put_max_size=8 * 1024 * 1024)
     fleet = Fleet(
         tmp_path,
         # A row whose lease expired max_attempts times is failed as a poison pill (it may be what
         # kills the daemon); a kill every ~2 s is no such signal, so the budget is raised here.
         lambda name: daemon_config(
-            db_dsn, tmp_path, pdpj_config, port, s3_config, name, queue={"max_attempts": 40}
+            db_dsn, tmp_path, pdpj_config, port, single_put, name, queue={"max_attempts": 40}
         ),
     )
     daemon = fleet.start("a")
