@@ -21,6 +21,7 @@ import io
 from collections import deque
 from collections.abc import Iterator
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Self
 
@@ -78,6 +79,17 @@ def _boundary(operation: str) -> Iterator[None]:
         raise StorageError(f"s3 {operation} failed: {type(exc).__name__}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class S3Target:
+    """Where an upload goes, and the headers its object carries."""
+
+    bucket: str
+    key: str
+    content_type: str
+    disposition: str
+    metadata: dict[str, str]
+
+
 class S3Writer(WriterBase):
     """Fills parts of `part_size`, keeps up to `parts_in_flight` uploading, completes or aborts.
 
@@ -91,25 +103,18 @@ class S3Writer(WriterBase):
     def __init__(
         self,
         client: S3Client,
-        bucket: str,
-        key: str,
+        target: S3Target,
         *,
         put_client: S3Client,
         part_size: int,
         parts_in_flight: int,
-        content_type: str,
-        disposition: str,
-        metadata: dict[str, str],
     ) -> None:
         super().__init__()
         self._client = client
         self._put_client = put_client
-        self._bucket = bucket
-        self.key = key
+        self._target = target
+        self.key = target.key
         self._part_size = part_size
-        self._content_type = content_type
-        self._disposition = disposition
-        self._metadata = metadata
         self._part = io.BytesIO()
         self._upload_id: str | None = None
         self._next_part = 1
@@ -156,7 +161,7 @@ class S3Writer(WriterBase):
             raise
         self._done = True
         if self._upload_id is not None:
-            await _tag_sha256(self._client, self._bucket, self.key, sha256)
+            await _tag_sha256(self._client, self._target.bucket, self.key, sha256)
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
 
     async def _send_part(self) -> None:
@@ -170,11 +175,11 @@ class S3Writer(WriterBase):
             if self._upload_id is None:
                 with _boundary("CreateMultipartUpload"):
                     created = await self._client.create_multipart_upload(
-                        Bucket=self._bucket,
+                        Bucket=self._target.bucket,
                         Key=self.key,
-                        ContentType=self._content_type,
-                        ContentDisposition=self._disposition,
-                        Metadata=self._metadata,
+                        ContentType=self._target.content_type,
+                        ContentDisposition=self._target.disposition,
+                        Metadata=self._target.metadata,
                     )
                 self._upload_id = created["UploadId"]
         except BaseException:
@@ -193,7 +198,7 @@ class S3Writer(WriterBase):
         try:
             with _boundary("UploadPart"):
                 answer = await self._client.upload_part(
-                    Bucket=self._bucket,
+                    Bucket=self._target.bucket,
                     Key=self.key,
                     UploadId=self._upload_id,
                     PartNumber=number,
@@ -217,12 +222,12 @@ class S3Writer(WriterBase):
         body.seek(0)
         with _boundary("PutObject"):
             answer = await self._put_client.put_object(
-                Bucket=self._bucket,
+                Bucket=self._target.bucket,
                 Key=self.key,
                 Body=body,
-                ContentType=self._content_type,
-                ContentDisposition=self._disposition,
-                Metadata={**self._metadata, SHA256_META: sha256},
+                ContentType=self._target.content_type,
+                ContentDisposition=self._target.disposition,
+                Metadata={**self._target.metadata, SHA256_META: sha256},
                 ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
             )
         return answer.get("ETag")
@@ -237,7 +242,7 @@ class S3Writer(WriterBase):
         parts = [{"PartNumber": n, "ETag": etag} for n, etag in sorted(self._etags.items())]
         with _boundary("CompleteMultipartUpload"):
             answer = await self._client.complete_multipart_upload(
-                Bucket=self._bucket,
+                Bucket=self._target.bucket,
                 Key=self.key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
@@ -254,7 +259,7 @@ class S3Writer(WriterBase):
         try:
             with _boundary("AbortMultipartUpload"):
                 await self._client.abort_multipart_upload(
-                    Bucket=self._bucket, Key=self.key, UploadId=self._upload_id
+                    Bucket=self._target.bucket, Key=self.key, UploadId=self._upload_id
                 )
         except StorageError as exc:
             # The sweeper collects what could not be aborted now.
@@ -358,26 +363,12 @@ class S3StreamWriter(WriterBase):
     the transport guards the bytes, and the sha256 we compute goes into the tag.
     """
 
-    def __init__(
-        self,
-        client: S3Client,
-        bucket: str,
-        key: str,
-        *,
-        size: int,
-        queue_bytes: int,
-        content_type: str,
-        disposition: str,
-        metadata: dict[str, str],
-    ) -> None:
+    def __init__(self, client: S3Client, target: S3Target, *, size: int, queue_bytes: int) -> None:
         super().__init__()
         self._client = client
-        self._bucket = bucket
-        self.key = key
+        self._target = target
+        self.key = target.key
         self._expected = size
-        self._content_type = content_type
-        self._disposition = disposition
-        self._metadata = metadata
         self._body = _Body(queue_bytes)
         self._held = b""
         self._request: asyncio.Task[str | None] | None = None
@@ -421,7 +412,7 @@ class S3StreamWriter(WriterBase):
             await self.abort()
             raise
         self._done = True
-        await _tag_sha256(self._client, self._bucket, self.key, sha256)
+        await _tag_sha256(self._client, self._target.bucket, self.key, sha256)
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
 
     async def _send(self, chunk: bytes) -> None:
@@ -436,13 +427,13 @@ class S3StreamWriter(WriterBase):
     async def _put(self) -> str | None:
         with _boundary("PutObject"):
             answer = await self._client.put_object(
-                Bucket=self._bucket,
+                Bucket=self._target.bucket,
                 Key=self.key,
                 Body=self._body,  # type: ignore[arg-type]
                 ContentLength=self._expected,
-                ContentType=self._content_type,
-                ContentDisposition=self._disposition,
-                Metadata=self._metadata,
+                ContentType=self._target.content_type,
+                ContentDisposition=self._target.disposition,
+                Metadata=self._target.metadata,
             )
         return answer.get("ETag")
 
@@ -582,29 +573,25 @@ class S3Storage:
         """
         await self._refresh_credentials()
         config = self._config
+        target = S3Target(
+            bucket=config.bucket,
+            key=key,
+            content_type=content_type,
+            disposition=content_disposition(filename),
+            metadata=ascii_metadata(metadata),
+        )
         if expected_size is not None and config.part_size < expected_size <= (
             config.single_put_max_size
         ):
             return S3StreamWriter(
-                self._unsigned_client,
-                config.bucket,
-                key,
-                size=expected_size,
-                queue_bytes=STREAM_QUEUE_BYTES,
-                content_type=content_type,
-                disposition=content_disposition(filename),
-                metadata=ascii_metadata(metadata),
+                self._unsigned_client, target, size=expected_size, queue_bytes=STREAM_QUEUE_BYTES
             )
         return S3Writer(
             self._client,
-            self._config.bucket,
-            key,
+            target,
             put_client=self._unsigned_client,
-            part_size=effective_part_size(self._config.part_size, expected_size),
-            parts_in_flight=self._config.parts_in_flight,
-            content_type=content_type,
-            disposition=content_disposition(filename),
-            metadata=ascii_metadata(metadata),
+            part_size=effective_part_size(config.part_size, expected_size),
+            parts_in_flight=config.parts_in_flight,
         )
 
     def download_url(
