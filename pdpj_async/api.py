@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -12,10 +15,12 @@ from aiohttp import web
 
 from . import cnj, keys, queries, state, webhooks
 from .errors import InvalidRequest, NotFound
+from .jobs import StatusSnapshot, UrlSigner
 from .keys import KeyInfo
 from .middleware import caller
 from .openapi import Operation, Param, Route
 from .problems import Problem
+from .storage import Storage
 from .views import JobList, JobView, ProcessResponse, StatusView
 
 _encode = msgspec.json.Encoder().encode
@@ -23,6 +28,10 @@ _encode = msgspec.json.Encoder().encode
 JSON = "application/json"
 _PROC = queries.load("processes")
 MAX_LIMIT = 200
+
+K = TypeVar("K", bound=Hashable)
+M = TypeVar("M")
+R = TypeVar("R")
 
 
 class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -101,75 +110,146 @@ async def get_process(request: web.Request) -> web.Response:
     return json_response(response, status=202 if response.job is not None else 200)
 
 
-class SharedReads:
-    """Identical concurrent reads share one: a request joins the next read to *start*.
+class Rounds(Generic[K, M, R]):
+    """Concurrent reads of one key run in rounds: a request joins the next round to *start*.
 
-    Many clients poll the same process's status; while one read is running, the requests that
-    arrive wait for a single next read (started once the running one ends) and all get its
-    answer. A request never gets an answer read before it arrived, so it sees every write
-    committed before it was made, as if it had read alone.
+    Many clients poll the same process's status. While a round of a key runs, the requests that
+    arrive gather for the next one, which starts once the running one ends and answers all of
+    them with one read (`run(key, members)`, each request adding its member, e.g. its caller).
+    A request never gets an answer read before it arrived, so it sees every write committed
+    before it was made, as if it had read alone.
     """
 
-    def __init__(self) -> None:
-        self._queued: dict[Hashable, asyncio.Future[bytes]] = {}
-        self._running: dict[Hashable, asyncio.Future[bytes]] = {}
+    def __init__(self, run: Callable[[K, list[M]], Awaitable[R]]) -> None:
+        self._run = run
+        self._gathering: dict[K, _Round[M, R]] = {}
+        self._running: dict[K, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def read(self, key: Hashable, produce: Callable[[], Awaitable[bytes]]) -> bytes:
-        """The answer of a read of `key` started after this call; raises what `produce` raises."""
-        future = self._queued.get(key)
-        if future is None:
-            future = self._queued[key] = asyncio.get_running_loop().create_future()
-            # Marks a failure as seen even when every waiter has gone away.
-            future.add_done_callback(lambda f: f.cancelled() or f.exception())
-            task = asyncio.create_task(self._run(key, future, produce), name="shared-read")
+    async def join(self, key: K, member: M) -> R:
+        """The result of a round of `key` started after this call; raises what `run` raises."""
+        gathering = self._gathering.get(key)
+        if gathering is None:
+            gathering = self._gathering[key] = _Round()
+            # In a context of its own: the round is not the request that happened to start it
+            # (its log lines must not carry that request's id).
+            task = asyncio.create_task(
+                self._serve(key, gathering), name="read-round", context=contextvars.Context()
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # A waiter that goes away (client disconnect) must not cancel the others' read.
-        return await asyncio.shield(future)
+        gathering.members.append(member)
+        # A future of its own: a waiter that goes away (client disconnect) cancels only it.
+        waiter: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        gathering.waiters.append(waiter)
+        return await waiter
 
-    async def _run(
-        self, key: Hashable, future: asyncio.Future[bytes], produce: Callable[[], Awaitable[bytes]]
-    ) -> None:
+    async def _serve(self, key: K, gathering: _Round[M, R]) -> None:
         try:
             running = self._running.get(key)
             if running is not None:
                 await asyncio.wait([running])
-        finally:
-            del self._queued[key]
-        self._running[key] = future
-        try:
-            future.set_result(await produce())
-        except asyncio.CancelledError:
-            future.cancel()
+        except asyncio.CancelledError as exc:
+            del self._gathering[key]
+            gathering.fail(exc)
             raise
-        except Exception as exc:  # handed to every waiter
-            future.set_exception(exc)
+        # Closed to newcomers in the same step as it starts: a later request waits for the next.
+        del self._gathering[key]
+        finished = self._running[key] = asyncio.get_running_loop().create_future()
+        try:
+            gathering.resolve(await self._run(key, gathering.members))
+        except BaseException as exc:  # handed to every waiter
+            gathering.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
         finally:
             del self._running[key]
+            finished.set_result(None)
 
 
-SHARED_READS = web.AppKey("shared_reads", SharedReads)
+class _Round(Generic[M, R]):
+    """The requests gathered for one round: their members, and a future for each."""
+
+    __slots__ = ("members", "waiters")
+
+    def __init__(self) -> None:
+        self.members: list[M] = []
+        self.waiters: list[asyncio.Future[R]] = []
+
+    def resolve(self, result: R) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():  # done: its request went away
+                waiter.set_result(result)
+
+    def fail(self, error: BaseException) -> None:
+        for waiter in self.waiters:
+            if waiter.done():
+                continue
+            if isinstance(error, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(error)
+
+
+# Valid numbers a client polls, parsed once (invalid ones raise, and are not kept).
+_parse_number = functools.lru_cache(maxsize=1024)(cnj.parse)
+
+
+# A round of status reads: one process, as seen from one base URL (it is in the job's links).
+StatusKey = tuple[cnj.ProcessNumber, str]
+
+
+class SignedUrls:
+    """Download URLs memoized within the current second, for rounds that sign the same ones.
+
+    Both stores put the signing second in the URL (S3's X-Amz-Date, the filesystem's expiry)
+    and sign deterministically, so a URL kept from earlier in the same second is the very URL
+    signing now would give: valid for the full lifetime from every request it answers (for a
+    store that did not, it would be signed under a second before: valid for lifetime - 1 s).
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._urls: dict[tuple[str, str], str] = {}
+
+    def signer(self, storage: Storage) -> UrlSigner:
+        """A signer for one round (within one second of its start)."""
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._urls = second, {}
+        urls = self._urls
+
+        def sign(storage_key: str, name: str) -> str:
+            url = urls.get((storage_key, name))
+            if url is None:
+                url = urls[storage_key, name] = storage.download_url(storage_key, filename=name)
+            return url
+
+        return sign
+
+
+async def _status_round(
+    app: web.Application, urls: SignedUrls, key: StatusKey, scopes: list[int | None]
+) -> StatusSnapshot:
+    # Signed when the round starts, after each of its requests arrived: every URL is valid for
+    # the full lifetime from the moment its request was made.
+    number, base = key
+    sign = urls.signer(app[state.STORAGE])
+    return await app[state.JOBS].status_snapshot(number, scopes, base, sign)
+
+
+STATUS_ROUNDS = web.AppKey("status_rounds", Rounds[StatusKey, int | None, StatusSnapshot])
 
 
 async def get_status(request: web.Request) -> web.Response:
     """The documents of a process with their states and fresh download URLs."""
-    storage = request.app[state.STORAGE]
     who = caller(request)
-    number = _process_number(request)
-    base = base_url(request)
-
-    def sign(key: str, name: str) -> str:
-        return storage.download_url(key, filename=name)
-
-    async def produce() -> bytes:
-        view = await request.app[state.JOBS].process_status(who, number, base, sign)
-        return _encode(view)
-
-    # What a caller sees depends on who it is (its own latest job; an admin's: anyone's).
+    number = _parse_number(request.match_info["number"])
+    # What a caller sees of the jobs depends on who it is (its own latest; an admin: anyone's);
+    # the documents are the same for all, so one round serves every caller of the process.
     scope = None if who.is_admin else who.id
-    body = await request.app[SHARED_READS].read((number.digits, scope, base), produce)
-    return web.Response(body=body, content_type=JSON)
+    snapshot = await request.app[STATUS_ROUNDS].join((number, base_url(request)), scope)
+    return web.Response(body=snapshot.body(scope), content_type=JSON)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -330,6 +410,6 @@ def all_routes() -> list[Route]:
 
 def setup_routes(app: web.Application) -> None:
     """Mount the API routes."""
-    app[SHARED_READS] = SharedReads()
+    app[STATUS_ROUNDS] = Rounds(functools.partial(_status_round, app, SignedUrls()))
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)

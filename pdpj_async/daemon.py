@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -129,6 +130,10 @@ async def serve(
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
         await site.start()
+        # What start-up loaded (botocore's models, the app) lives as long as the process: kept
+        # out of the cyclic GC, whose full collections would walk it again and again under load.
+        gc.collect()
+        gc.freeze()
         failures = await health.readiness_failures(app)
         log.info("daemon_ready", host=config.http.host, port=config.http.port, not_ready=failures)
         notifier.send("READY=1", f"STATUS={await status_line(app)}", f"MAINPID={os.getpid()}")

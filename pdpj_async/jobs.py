@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 from uuid import UUID
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+_encode = msgspec.json.Encoder().encode
+
 _JOBS = queries.load("jobs")
-_PROC = queries.load("processes")
 
 # storage key, file name → a fresh signed URL
 UrlSigner = Callable[[str, str], str]
@@ -34,9 +35,13 @@ UrlSigner = Callable[[str, str], str]
 def job_view(row: asyncpg.Record, base_url: str) -> JobView:
     """A job row as the API shows it."""
     number = cnj.ProcessNumber(row["process_number"])
+    return _job_view(row, number.masked, status_url(base_url, number))
+
+
+def _job_view(row: asyncpg.Record, masked_number: str, status_url: str) -> JobView:
     return JobView(
         job_id=row["id"],
-        process_number=number.masked,
+        process_number=masked_number,
         status=row["status"],
         webhook_url=row["webhook_url"],
         webhook_sent=row["webhook_sent"],
@@ -48,7 +53,7 @@ def job_view(row: asyncpg.Record, base_url: str) -> JobView:
         created_at=row["created_at"],
         started_at=row["started_at"],
         completed_at=row["completed_at"],
-        status_url=status_url(base_url, number),
+        status_url=status_url,
     )
 
 
@@ -171,36 +176,74 @@ class JobService:
         log.info("job_retried", job_id=str(job_id), new_job_id=str(target), documents=len(failed))
         return await self.get(caller, target, base_url)
 
-    async def process_status(
-        self, caller: ApiKey, number: cnj.ProcessNumber, base_url: str, sign: UrlSigner
-    ) -> StatusView:
-        """Every document of a process with its state, and the caller's latest job for it."""
-        # Two round trips on one connection: the process with the caller's latest job, then
-        # the documents (a status poll is the API's most frequent call).
+    async def status_snapshot(
+        self,
+        number: cnj.ProcessNumber,
+        scopes: Collection[int | None],
+        base_url: str,
+        sign: UrlSigner,
+    ) -> StatusSnapshot:
+        """The status of a process once, with the latest job of each caller scope.
+
+        A scope is an API key id (that key's own jobs) or None (an admin: anyone's). Raises
+        NotFound when the process was never requested.
+        """
+        keys = list({s for s in scopes if s is not None})
+        # Two round trips on one connection, however many callers the read serves: the process
+        # with its documents, then the latest job of each scope.
         async with self._pool.acquire() as conn:
-            process = await conn.fetchrow(
-                _JOBS["process_with_latest_job"],
-                number.digits,
-                None if caller.is_admin else caller.id,
-            )
-            if process is None:
+            docs = await conn.fetch(_JOBS["status_documents"], number.digits)
+            if not docs:
                 raise NotFound(f"process {number.masked} has not been requested yet")
-            docs = await conn.fetch(_PROC["documents_of_process"], process["process_id"])
-        job = job_view(process, base_url) if process["id"] is not None else None
+            jobs = await conn.fetch(
+                _JOBS["status_latest_jobs"], docs[0]["process_id"], keys, None in scopes
+            )
+        if docs[0]["id"] is None:  # a process without documents
+            docs = []
+        masked, url = number.masked, status_url(base_url, number)
         views = [_document_view(d, sign) for d in docs]
         total = len(views)
         completed = sum(1 for d in views if d.status == "available")
         failed = sum(1 for d in views if d.status == "failed")
-        return StatusView(
-            process_number=number.masked,
+        shared = StatusView(
+            process_number=masked,
             status=_overall(views, completed, failed),
             total_documents=total,
             completed_documents=completed,
             failed_documents=failed,
             progress_percentage=round(100.0 * (completed + failed) / total, 2) if total else 100.0,
             documents=views,
-            job=job,
+            job=None,
         )
+        latest = {r["scope"]: _job_view(r, masked, url) for r in jobs}
+        return StatusSnapshot(_encode(shared), {s: latest.get(s) for s in scopes})
+
+
+class StatusSnapshot:
+    """One read of a process's status, answering every caller scope it was read for.
+
+    The documents are encoded once; each scope's answer is that encoding with its own job
+    spliced in as the last field (`job` is StatusView's last field), byte for byte what
+    encoding the whole StatusView would give.
+    """
+
+    _JOB_NULL = b'"job":null}'
+
+    def __init__(self, encoded: bytes, jobs: dict[int | None, JobView | None]) -> None:
+        if not encoded.endswith(self._JOB_NULL):
+            raise ValueError("StatusView must end with its job field")
+        self._head = encoded[: -len(b"null}")]
+        self._jobs = jobs
+        self._bodies: dict[int | None, bytes] = {}
+
+    def body(self, scope: int | None) -> bytes:
+        """The encoded StatusView for a caller scope this snapshot was read for."""
+        body = self._bodies.get(scope)
+        if body is None:
+            job = self._jobs[scope]
+            tail = b"null" if job is None else _encode(job)
+            body = self._bodies[scope] = b"".join((self._head, tail, b"}"))
+        return body
 
 
 def _overall(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +12,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from . import state
-from .middleware import Handler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -53,7 +51,7 @@ class Metrics:
         self._http_children: dict[tuple[str, str, int], Any] = {}
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one request in the duration histogram."""
+        """Count one request in the duration histogram (by route template: bounded labels)."""
         key = (route, method, status)
         child = self._http_children.get(key)
         if child is None:
@@ -193,26 +191,6 @@ def _token_families(app: web.Application) -> list[Metric]:
     return families
 
 
-@web.middleware
-async def http_metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time requests by route template (never by raw path: bounded labels)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        info = request.match_info.route.resource
-        route = info.canonical if info is not None else "unmatched"
-        request.app[METRICS].observe_http(
-            route, request.method, status, time.perf_counter() - started
-        )
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
     """The Prometheus exposition."""
     body = await request.app[METRICS].render(request.app)
@@ -220,7 +198,6 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """Create the registry, count requests, serve /metrics."""
+    """Create the registry and serve /metrics (middleware.api_middleware counts the requests)."""
     app[METRICS] = Metrics()
-    app.middlewares.insert(0, http_metrics_middleware)
     app.router.add_get("/metrics", metrics_handler)

@@ -1,4 +1,5 @@
-"""Request middlewares: request id, errors as problem documents, API-key authentication.
+"""Request middlewares: request id, errors as problem documents, API-key authentication, and
+the request duration histogram.
 
 They run as one middleware (`api_middleware`): each layer is one more coroutine per request,
 and a status poll is cheap enough for that to show.
@@ -19,6 +20,7 @@ from . import keys, problems, state
 from .errors import AuthError, DatabaseUnavailable, Forbidden, PdpjAsyncError, RateLimited
 from .keys import ApiKey
 from .logs import get_logger
+from .metrics import METRICS
 from .ratelimit import TokenBucket
 
 log = get_logger(__name__)
@@ -82,12 +84,28 @@ def _end_request(
 
 @web.middleware
 async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, errors as problem documents, then authentication (the daemon's one layer)."""
+    """Request id, errors as problem documents, authentication, metrics (the daemon's one layer)."""
     started = time.perf_counter()
     rid = _start_request(request)
-    response = await _answer(request, handler, rid, authenticate=True)
+    status = 500  # what a request that never answers (the client went away) counts as
+    try:
+        response = await _answer(request, handler, rid, authenticate=True)
+        status = response.status
+    except web.HTTPException as exc:  # a redirect, answered by aiohttp
+        status = exc.status
+        raise
+    finally:
+        _observe(request, status, started)
     _end_request(request, response, rid, started)
     return response
+
+
+def _observe(request: web.Request, status: int, started: float) -> None:
+    metrics = request.app.get(METRICS)
+    if metrics is not None:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.observe_http(route, request.method, status, time.perf_counter() - started)
 
 
 async def _answer(

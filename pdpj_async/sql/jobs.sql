@@ -136,23 +136,38 @@ WHERE ($1::bigint IS NULL OR j.api_key_id = $1)
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $6;
 
--- name: process_with_latest_job
--- For the status of a process, in one round trip: the process id and the caller's latest job
--- for it ($2 NULL: anyone's, for admins); the job columns are NULL when there is none.
-SELECT p.id AS process_id, j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents,
-       j.completed_documents, j.failed_documents, j.progress_percentage, j.error, j.created_at,
-       j.started_at, j.completed_at, p.number AS process_number,
-       EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
-               WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
+-- name: status_documents
+-- The status of a process: its id and its documents; one row with NULL document columns when
+-- it has none, no row when the process is unknown.
+SELECT p.id AS process_id, d.id, d.uuid, d.name, d.type_name, d.mime_type, d.stored_mime_type,
+       d.declared_size, d.sequence, d.status, d.size, d.sha256, d.storage_key, d.error_message,
+       d.download_started_at, d.download_completed_at
 FROM pdpj.processes p
-LEFT JOIN LATERAL (
-    SELECT *
-    FROM pdpj.jobs j
-    WHERE j.process_id = p.id AND ($2::bigint IS NULL OR j.api_key_id = $2)
-    ORDER BY j.created_at DESC, j.id DESC
-    LIMIT 1
-) j ON true
-WHERE p.number = $1;
+LEFT JOIN pdpj.documents d ON d.process_id = p.id
+WHERE p.number = $1
+ORDER BY d.sequence NULLS LAST, d.id;
+
+-- name: status_latest_jobs
+-- For one round of status reads of process $1: the latest job of each API key in $2 (scope: the
+-- key's id), and when $3 (an admin is among the readers) the latest of anyone's (scope NULL).
+(SELECT DISTINCT ON (j.api_key_id) j.api_key_id AS scope, j.id, j.status, j.webhook_url,
+        j.total_documents, j.completed_documents, j.failed_documents, j.progress_percentage,
+        j.error, j.created_at, j.started_at, j.completed_at,
+        EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
+                WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
+ FROM pdpj.jobs j
+ WHERE j.process_id = $1 AND j.api_key_id = ANY($2::bigint[])
+ ORDER BY j.api_key_id, j.created_at DESC, j.id DESC)
+UNION ALL
+(SELECT NULL, j.id, j.status, j.webhook_url, j.total_documents, j.completed_documents,
+        j.failed_documents, j.progress_percentage, j.error, j.created_at, j.started_at,
+        j.completed_at,
+        EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
+                WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
+ FROM pdpj.jobs j
+ WHERE $3 AND j.process_id = $1
+ ORDER BY j.created_at DESC, j.id DESC
+ LIMIT 1);
 
 -- name: covering_active_job
 -- The caller's ($2) active job for the process ($1) when a repeated request would change

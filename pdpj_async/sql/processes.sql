@@ -44,13 +44,6 @@ WHERE process_id = $1
 ORDER BY id
 FOR NO KEY UPDATE;
 
--- name: documents_of_process
-SELECT id, uuid, name, type_name, mime_type, stored_mime_type, declared_size, sequence, status,
-       size, sha256, storage_key, error_message, download_started_at, download_completed_at
-FROM pdpj.documents
-WHERE process_id = $1
-ORDER BY sequence NULLS LAST, id;
-
 -- name: available_document_by_uuid
 SELECT name, storage_key
 FROM pdpj.documents
