@@ -210,7 +210,7 @@ class SignedUrls:
 
     def __init__(self) -> None:
         self._second = -1
-        self._urls: dict[tuple[str, str], str] = {}
+        self._urls: dict[str, str] = {}
 
     def signer(self, storage: Storage) -> UrlSigner:
         """A signer for one round (within one second of its start)."""
@@ -219,10 +219,10 @@ class SignedUrls:
             self._second, self._urls = second, {}
         urls = self._urls
 
-        def sign(storage_key: str, name: str) -> str:
-            url = urls.get((storage_key, name))
+        def sign(storage_key: str) -> str:
+            url = urls.get(storage_key)
             if url is None:
-                url = urls[storage_key, name] = storage.download_url(storage_key, filename=name)
+                url = urls[storage_key] = storage.download_url(storage_key)
             return url
 
         return sign
@@ -314,7 +314,7 @@ async def download_document(request: web.Request) -> web.Response:
     row = await request.app[state.POOL].fetchrow(_PROC["available_document_by_uuid"], uuid)
     if row is None:
         raise NotFound(f"no available document {uuid[:64]!r}")
-    url = request.app[state.STORAGE].download_url(row["storage_key"], filename=row["name"])
+    url = request.app[state.STORAGE].download_url(row["storage_key"])
     raise web.HTTPFound(url)
 
 

@@ -257,7 +257,7 @@ async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
         for doc in payload.get("documents", []):
             if doc.get("status") == "available":
                 key = storage.object_key(prefix, digits, doc["uuid"], doc["name"])
-                doc["download_url"] = store.download_url(key, filename=doc["name"])
+                doc["download_url"] = store.download_url(key)  # the object has its name
         return payload
 
     sender = Sender(

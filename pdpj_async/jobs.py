@@ -29,7 +29,10 @@ _encode = msgspec.json.Encoder().encode
 _JOBS = queries.load("jobs")
 
 # storage key, file name → a fresh signed URL
-UrlSigner = Callable[[str, str], str]
+# A download URL for a storage key. No file name is passed: every object carries its own
+# Content-Disposition (the original name) since its upload, and a URL that repeated it
+# (response-content-disposition) was twice as long.
+UrlSigner = Callable[[str], str]
 
 
 def job_view(row: asyncpg.Record, base_url: str) -> JobView:
@@ -270,7 +273,7 @@ def _document_view(row: asyncpg.Record, sign: UrlSigner) -> DocumentView:
         size=row["size"],
         declared_size=row["declared_size"],
         sha256=row["sha256"],
-        download_url=sign(row["storage_key"], row["name"]) if available else None,
+        download_url=sign(row["storage_key"]) if available else None,
         error_message=row["error_message"],
         download_completed_at=row["download_completed_at"],
     )

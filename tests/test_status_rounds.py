@@ -4,16 +4,21 @@ each still sees only its own job, and nothing committed before a request is miss
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 
 from pdpj_async import state
 from pdpj_async.api import STATUS_ROUNDS, SignedUrls
+from pdpj_async.app import create_app
 from pdpj_async.cnj import parse
+from pdpj_async.storage import content_disposition
 from pdpj_async.views import StatusView
-from tests.fixtures.app import Stack
+from tests.fixtures.app import Keys, Stack, stack_config
 from tests.fixtures.sandbox import Sandbox
 from tests.test_api import NUMBER, request_process, three_docs
 
@@ -148,19 +153,64 @@ class CountingStorage:
     def __init__(self) -> None:
         self.signed = 0
 
-    def download_url(self, key: str, *, filename: str | None = None) -> str:
+    def download_url(self, key: str) -> str:
         self.signed += 1
-        return f"https://store/{key}?name={filename}&date={int(time.time())}"
+        return f"https://store/{key}?date={int(time.time())}"
 
 
 async def test_urls_are_signed_once_a_second_and_are_what_signing_now_gives() -> None:
     storage, urls = CountingStorage(), SignedUrls()
     # Start just after a second begins, so that the two rounds fall in the same second.
     await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
-    first = urls.signer(storage)("a/b.pdf", "b.pdf")  # type: ignore[arg-type]
-    again = urls.signer(storage)("a/b.pdf", "b.pdf")  # type: ignore[arg-type]
-    assert first == again == storage.download_url("a/b.pdf", filename="b.pdf")
+    first = urls.signer(storage)("a/b.pdf")  # type: ignore[arg-type]
+    again = urls.signer(storage)("a/b.pdf")  # type: ignore[arg-type]
+    assert first == again == storage.download_url("a/b.pdf")
     assert storage.signed == 2  # once by the rounds, once just now to compare
     await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
-    later = urls.signer(storage)("a/b.pdf", "b.pdf")  # type: ignore[arg-type]
+    later = urls.signer(storage)("a/b.pdf")  # type: ignore[arg-type]
     assert later != first and storage.signed == 3
+
+
+@pytest.mark.parametrize("backend", ["fs", "s3"])
+async def test_status_links_download_each_document_under_its_original_name(
+    backend: str,
+    request: pytest.FixtureRequest,
+    db_dsn: str,
+    tmp_path: Path,
+    pdpj_config: Any,
+    api_keys: Keys,
+    unused_tcp_port_factory: Any,
+    aiohttp_client: Any,
+    sandbox: Sandbox,
+) -> None:
+    """The signed links carry no file name: the object has its own Content-Disposition since
+    its upload, and the bytes, type and name are the document's."""
+    docs = await three_docs(sandbox)
+    port = unused_tcp_port_factory()
+    sections: dict[str, Any] = {}
+    if backend == "s3":
+        sections["storage"] = msgspec.to_builtins(request.getfixturevalue("s3_config"))
+    config = stack_config(db_dsn, tmp_path, pdpj_config, port, **sections)
+    app = create_app(config)
+    client = await aiohttp_client(app, server_kwargs={"port": port})
+    stack = Stack(client=client, config=config, keys=api_keys, app=app)
+    job = (await request_process(stack, api_keys.user))["job"]
+    await stack.wait_job(job["job_id"], api_keys.user)
+
+    listed = (await status(stack, api_keys.user))["documents"]
+    assert len(listed) == len(docs)
+    for doc in listed:
+        assert "content-disposition" not in doc["download_url"].lower()
+        async with client.session.get(doc["download_url"]) as got:
+            assert got.status == 200
+            data = await got.read()
+            assert got.headers["Content-Disposition"] == content_disposition(doc["name"])
+            assert got.headers["Content-Type"].startswith(doc["mime_type"])
+        assert hashlib.sha256(data).hexdigest() == doc["sha256"]
+        redirect = await stack.get(
+            f"/api/v1/documents/{doc['uuid']}/download", api_keys.user, allow_redirects=False
+        )
+        assert redirect.status == 302
+        async with client.session.get(redirect.headers["Location"]) as got:
+            assert got.headers["Content-Disposition"] == content_disposition(doc["name"])
+            assert await got.read() == data
