@@ -396,8 +396,9 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/admin/api-keys", list_keys, Operation(
         "List API keys", "Admin only.", responses={200: list[KeyInfo]})),
     Route("DELETE", "/api/v1/admin/api-keys/{key_id}", revoke_key, Operation(
-        "Revoke an API key", "Admin only.",
-        params=[Param("key_id", "path", "key id", "integer")], responses={200: KeyInfo})),
+        "Revoke an API key", "Admin only. The last active admin key cannot be revoked (409).",
+        params=[Param("key_id", "path", "key id", "integer")],
+        responses={200: KeyInfo, 409: Problem})),
 ]  # fmt: skip
 
 

@@ -85,7 +85,7 @@ async def _cmd_keys(args: argparse.Namespace, config: Config) -> int:
         elif args.keys_command == "list":
             _print_json(await keys.list_keys(pool))
         elif args.keys_command == "revoke":
-            _print_json(await keys.revoke_key(pool, args.id))
+            _print_json(await keys.revoke_key(pool, args.id, allow_last_admin=True))
         elif args.keys_command == "rotate-secret":
             secret = await keys.rotate_secret(pool, args.id)
             _print_json({"id": args.id, "webhook_secret": secret})

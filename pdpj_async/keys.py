@@ -10,11 +10,12 @@ import time
 from datetime import datetime
 from typing import Literal
 
+import asyncpg
 import msgspec
 
 from . import queries
 from .db import Executor
-from .errors import AuthError, NotFound
+from .errors import AuthError, Conflict, NotFound
 
 KEY_PREFIX = "pdpj_"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
@@ -131,10 +132,18 @@ async def list_keys(conn: Executor) -> list[KeyInfo]:
     return [KeyInfo(**dict(r)) for r in await conn.fetch(_SQL["list_keys"])]
 
 
-async def revoke_key(conn: Executor, key_id: int) -> KeyInfo:
-    """Revoke a key (idempotent); raises NotFound for an unknown id."""
-    await conn.execute(_SQL["revoke_key"], key_id)
-    row = await conn.fetchrow(_SQL["get_key"], key_id)
+async def revoke_key(pool: asyncpg.Pool, key_id: int, *, allow_last_admin: bool = False) -> KeyInfo:
+    """Revoke a key (idempotent); raises NotFound for an unknown id, and Conflict for the last
+    active admin key unless `allow_last_admin` (the operator's CLI, which can always create a
+    new one: through the API nobody could administer the service any more)."""
+    async with pool.acquire() as conn, conn.transaction():
+        admins = [r["id"] for r in await conn.fetch(_SQL["lock_active_admins"])]
+        if admins == [key_id] and not allow_last_admin:
+            raise Conflict(
+                f"API key {key_id} is the last active admin key: create another admin key first"
+            )
+        await conn.execute(_SQL["revoke_key"], key_id)
+        row = await conn.fetchrow(_SQL["get_key"], key_id)
     if row is None:
         raise NotFound(f"no API key with id {key_id}")
     return KeyInfo(**dict(row))

@@ -350,3 +350,23 @@ async def test_admin_key_routes(stack: Stack) -> None:
     await problem(await stack.get("/api/v1/admin/api-keys", stack.keys.user), 403)
     gone = await stack.client.delete("/api/v1/admin/api-keys/999999", headers=Keys.header(admin))
     await problem(gone, 404)
+
+
+async def test_the_last_admin_key_cannot_be_revoked(stack: Stack) -> None:
+    """Revoking it would leave nobody able to administer the service through the API."""
+    admin = stack.keys.admin
+    me = admin.info.id
+    refused = await stack.client.delete(f"/api/v1/admin/api-keys/{me}", headers=Keys.header(admin))
+    body = await problem(refused, 409)
+    assert "last active admin key" in body["detail"]
+    assert (await stack.get("/api/v1/admin/api-keys", admin)).status == 200
+
+    # With a second admin, either may go, and then the other is the last.
+    resp = await stack.post("/api/v1/admin/api-keys", admin, json={"name": "ops", "role": "admin"})
+    assert resp.status == 201, await resp.text()
+    second = await resp.json()
+    resp = await stack.client.delete(f"/api/v1/admin/api-keys/{me}", headers=Keys.header(admin))
+    assert resp.status == 200 and (await resp.json())["revoked_at"]
+    ops = {"Authorization": f"Bearer {second['key']}"}
+    last = await stack.client.delete(f"/api/v1/admin/api-keys/{second['info']['id']}", headers=ops)
+    await problem(last, 409)

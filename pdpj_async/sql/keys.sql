@@ -20,6 +20,11 @@ SELECT id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rat
 FROM pdpj.api_keys
 WHERE id = $1;
 
+-- name: lock_active_admins
+-- Every active admin key, in id order: two admins revoking each other at once cannot both
+-- pass the last-admin check.
+SELECT id FROM pdpj.api_keys WHERE role = 'admin' AND revoked_at IS NULL ORDER BY id FOR UPDATE;
+
 -- name: revoke_key
 UPDATE pdpj.api_keys SET revoked_at = now()
 WHERE id = $1 AND revoked_at IS NULL
