@@ -15,7 +15,6 @@ stays the authoritative record; a store without tagging support only loses this 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import io
 from collections import deque
@@ -105,13 +104,11 @@ class S3Writer(WriterBase):
         client: S3Client,
         target: S3Target,
         *,
-        put_client: S3Client,
         part_size: int,
         parts_in_flight: int,
     ) -> None:
         super().__init__()
         self._client = client
-        self._put_client = put_client
         self._target = target
         self.key = target.key
         self._part_size = part_size
@@ -215,20 +212,19 @@ class S3Writer(WriterBase):
             self._slots.release()
 
     async def _put_single(self, sha256: str) -> str | None:
-        # The sha256 is known already: the store checks the body against it
-        # (x-amz-checksum-sha256, kept with the object), so the request need not hash the body
-        # a second time to sign it (the unsigned-payload client).
+        # The payload is signed (the store checks the body against the signature). Sending our
+        # sha256 as x-amz-checksum-sha256 instead would save hashing the body twice, but
+        # S3-compatible stores that refuse the flexible-checksum headers would refuse it.
         body, self._part = self._part, io.BytesIO()
         body.seek(0)
         with _boundary("PutObject"):
-            answer = await self._put_client.put_object(
+            answer = await self._client.put_object(
                 Bucket=self._target.bucket,
                 Key=self.key,
                 Body=body,
                 ContentType=self._target.content_type,
                 ContentDisposition=self._target.disposition,
                 Metadata={**self._target.metadata, SHA256_META: sha256},
-                ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode(),
             )
         return answer.get("ETag")
 
@@ -472,8 +468,8 @@ def _client_config(
 
 
 class S3Storage:
-    """Objects in one bucket, through pooled aiobotocore clients: one signing payloads (parts,
-    control calls), one not (PutObject, whose body is streamed or carries its own sha256)."""
+    """Objects in one bucket, through pooled aiobotocore clients: one signing payloads, one not
+    (for PutObject bodies streamed while they download, whose hash is not known in advance)."""
 
     backend = "s3"
 
@@ -589,7 +585,6 @@ class S3Storage:
         return S3Writer(
             self._client,
             target,
-            put_client=self._unsigned_client,
             part_size=effective_part_size(config.part_size, expected_size),
             parts_in_flight=config.parts_in_flight,
         )
