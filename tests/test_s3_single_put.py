@@ -389,12 +389,20 @@ async def test_no_put_carries_a_flexible_checksum_header(
         headers = request.headers.items()
         sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in headers})
 
+    signers: list[str] = []
+
+    def signer(signature_version: str, **_: Any) -> None:
+        signers.append(signature_version)
+
     for client in (s3_storage._client, s3_storage._unsigned_client):
         client.meta.events.register("before-send.s3.PutObject", capture)
+        client.meta.events.register("before-sign.s3.PutObject", signer)
     data = body(size)
     stored = await store(s3_storage, KEY, data)
 
     (headers,) = sent
+    # A buffered body is signed with the sha256 the writer computed (not hashed again).
+    assert signers == (["s3v4-pdpj-known-payload"] if size <= PART else ["s3v4"])
     assert not [h for h in headers if h.startswith("x-amz-checksum") or "sdk-checksum" in h]
     assert "aws-chunked" not in headers.get("content-encoding", "")
     signed = hashlib.sha256(data).hexdigest() if size <= PART else "UNSIGNED-PAYLOAD"
