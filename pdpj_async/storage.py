@@ -20,7 +20,7 @@ from urllib.parse import quote
 import msgspec
 
 from .config import StorageConfig
-from .errors import ConfigError, InvalidRequest
+from .errors import ConfigError, InvalidRequest, StorageError
 from .logs import get_logger
 
 log = get_logger(__name__)
@@ -133,8 +133,24 @@ class WriterBase:
         return self._hash.hexdigest()
 
     async def commit(self) -> StoredObject:
-        """Make the object visible; overridden."""
+        """Make the object visible whole; on any failure (cancellation included) abort, then
+        raise. Once committed, `_after_commit` runs, and abort no longer touches the object."""
+        if self._done:
+            raise StorageError("commit after commit or abort")
+        try:
+            stored = await self._commit()
+        except BaseException:
+            await self.abort()
+            raise
+        self._done = True
+        await self._after_commit(stored)
+        return stored
+
+    async def _commit(self) -> StoredObject:
         raise NotImplementedError
+
+    async def _after_commit(self, stored: StoredObject) -> None:
+        """What follows a committed object (by default, nothing)."""
 
     async def _abort(self) -> None:
         raise NotImplementedError

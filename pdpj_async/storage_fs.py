@@ -206,25 +206,18 @@ class FilesystemWriter(WriterBase):
         file.write(data)
         return file
 
-    async def commit(self) -> StoredObject:
+    async def _commit(self) -> StoredObject:
         """Write what is left, fsync with the metadata, rename into place, fsync the directory.
 
-        One call on an I/O thread. Aborts on failure. Once it returns, a crash leaves the whole
-        object with its metadata.
+        One call on an I/O thread. Once it returns, a crash leaves the whole object with its
+        metadata.
         """
-        if self._done:
-            raise StorageError("commit after commit or abort")
+        await self._settle_inflight()
+        self._inflight = self._storage.submit(self._finish, self._take_batch())
         try:
-            await self._settle_inflight()
-            self._inflight = self._storage.submit(self._finish, self._take_batch())
             sha256: str = await asyncio.wrap_future(self._inflight)
         except OSError as exc:
-            await self.abort()
             raise StorageError(f"cannot store {self.key}: {exc.strerror}") from exc
-        except BaseException:
-            await self.abort()
-            raise
-        self._done = True
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=None)
 
     def _finish(self, rest: bytes) -> str:

@@ -145,23 +145,18 @@ class S3Writer(WriterBase):
             await self.abort()
             raise
 
-    async def commit(self) -> StoredObject:
-        """PutObject or CompleteMultipartUpload; on any failure aborts, then raises."""
-        if self._done:
-            raise StorageError("commit after commit or abort")
+    async def _commit(self) -> StoredObject:
+        """PutObject or CompleteMultipartUpload."""
         sha256 = self._hash.hexdigest()
-        try:
-            if self._upload_id is None:
-                etag = await self._put_single(sha256)
-            else:
-                etag = await self._complete()
-        except BaseException:
-            await self.abort()
-            raise
-        self._done = True
-        if self._upload_id is not None:
-            await _tag_sha256(self._client, self._target.bucket, self.key, sha256)
+        if self._upload_id is None:
+            etag = await self._put_single(sha256)
+        else:
+            etag = await self._complete()
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
+
+    async def _after_commit(self, stored: StoredObject) -> None:
+        if self._upload_id is not None:  # a single PUT had the sha256 in its metadata
+            await _tag_sha256(self._client, self._target.bucket, self.key, stored.sha256)
 
     async def _send_part(self) -> None:
         """Start uploading the filled part once a slot is free; the next part starts empty."""
@@ -391,27 +386,21 @@ class S3StreamWriter(WriterBase):
             await self.abort()
             raise
 
-    async def commit(self) -> StoredObject:
-        """Send the held chunk and wait for the PUT's answer; on any failure aborts, then raises."""
-        if self._done:
-            raise StorageError("commit after commit or abort")
-        sha256 = self._hash.hexdigest()
-        try:
-            if self._size != self._expected:
-                raise ContentMismatch(
-                    f"body has {self._size} of the expected {self._expected} bytes (size mismatch)"
-                )
-            await self._send(self._held)
-            self._held = b""
-            self._body.end()
-            assert self._request is not None
-            etag = await self._request
-        except BaseException:
-            await self.abort()
-            raise
-        self._done = True
-        await _tag_sha256(self._client, self._target.bucket, self.key, sha256)
-        return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=etag)
+    async def _commit(self) -> StoredObject:
+        """Send the held chunk and wait for the PUT's answer."""
+        if self._size != self._expected:
+            raise ContentMismatch(
+                f"body has {self._size} of the expected {self._expected} bytes (size mismatch)"
+            )
+        await self._send(self._held)
+        self._held = b""
+        self._body.end()
+        assert self._request is not None
+        etag = await self._request
+        return StoredObject(key=self.key, size=self._size, sha256=self._hash.hexdigest(), etag=etag)
+
+    async def _after_commit(self, stored: StoredObject) -> None:
+        await _tag_sha256(self._client, self._target.bucket, self.key, stored.sha256)
 
     async def _send(self, chunk: bytes) -> None:
         if self._request is None:
