@@ -204,7 +204,8 @@ async def test_sweep_removes_old_temp_files_and_spares_young_ones(
     fs_storage: FilesystemStorage,
 ) -> None:
     writer = await fs_storage.open_writer(KEY, content_type="x/y", filename="x", metadata={})
-    # The temp file appears with the first batch written out.
+    # The temp file appears with the first batch written out (the second write waits for it).
+    await writer.write(body(WRITE_BATCH))
     await writer.write(body(WRITE_BATCH))
     [temp] = [p for p in fs_storage.root.rglob(".*.tmp")]
     hour_ago = time.time() - 3600
