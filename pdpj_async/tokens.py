@@ -8,9 +8,10 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import aiohttp
 import msgspec
@@ -58,14 +59,26 @@ class TokenProvider:
         self._expires_at: datetime | None = None
         self._rejected: str | None = None
         self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         if token:
             self._set(token, source="config")
 
+    def _background(self) -> Coroutine[Any, Any, None] | None:
+        """The source's background work (file watch, refresh); the base class has none."""
+        return None
+
     async def start(self) -> None:
-        """Start background work (file watch, refresh); the base class has none."""
+        """Start the source's background work, if it has any."""
+        if self._task is None and (work := self._background()) is not None:
+            self._task = asyncio.create_task(work, name=f"pdpj-token-{type(self).__name__}")
 
     async def stop(self) -> None:
         """Stop background work."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
 
     def reload(self) -> None:
         """Re-read the token source (SIGHUP); the base class has nothing to re-read."""
@@ -146,7 +159,6 @@ class FileTokenProvider(TokenProvider):
         self.path = Path(path).expanduser()
         self.poll_s = poll_s
         self._seen: tuple[int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
         self.reload()
 
     def reload(self) -> None:
@@ -165,18 +177,8 @@ class FileTokenProvider(TokenProvider):
         if not self._set(text, source=f"file:{self.path}"):
             log.debug("pdpj_token_file_unchanged", path=str(self.path))
 
-    async def start(self) -> None:
-        """Watch the file in a background task."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._watch(), name="pdpj-token-file-watch")
-
-    async def stop(self) -> None:
-        """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def _background(self) -> Coroutine[Any, Any, None]:
+        return self._watch()
 
     async def _watch(self) -> None:
         while True:
@@ -216,7 +218,6 @@ class RefreshTokenProvider(TokenProvider):
         self.timeout_s = timeout_s
         self._session = session
         self._own_session = session is None
-        self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.refreshes = 0
 
@@ -224,16 +225,14 @@ class RefreshTokenProvider(TokenProvider):
         """Fetch a first access token and keep refreshing it in a background task."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="pdpj-token-refresh")
+        await super().start()
+
+    def _background(self) -> Coroutine[Any, Any, None]:
+        return self._loop()
 
     async def stop(self) -> None:
         """Stop refreshing and close the HTTP session if it is ours."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().stop()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
