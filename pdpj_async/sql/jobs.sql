@@ -111,29 +111,21 @@ WHERE jd.job_id = $1 AND d.status = 'failed'
 ORDER BY d.id;
 
 -- name: job_view
-SELECT j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents, j.completed_documents,
-       j.failed_documents, j.progress_percentage, j.error, j.created_at, j.started_at,
-       j.completed_at, j.updated_at, p.number AS process_number, j.process_id,
-       EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
-               WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
-FROM pdpj.jobs j
-JOIN pdpj.processes p ON p.id = j.process_id
-WHERE j.id = $1;
+SELECT v.*, p.number AS process_number
+FROM pdpj.job_views v
+JOIN pdpj.processes p ON p.id = v.process_id
+WHERE v.id = $1;
 
 -- name: list_jobs
 -- Keyset pagination on (created_at, id), newest first.
-SELECT j.id, j.status, j.webhook_url, j.api_key_id, j.total_documents, j.completed_documents,
-       j.failed_documents, j.progress_percentage, j.error, j.created_at, j.started_at,
-       j.completed_at, j.updated_at, p.number AS process_number, j.process_id,
-       EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
-               WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
-FROM pdpj.jobs j
-JOIN pdpj.processes p ON p.id = j.process_id
-WHERE ($1::bigint IS NULL OR j.api_key_id = $1)
-  AND ($2::text IS NULL OR j.status = $2)
+SELECT v.*, p.number AS process_number
+FROM pdpj.job_views v
+JOIN pdpj.processes p ON p.id = v.process_id
+WHERE ($1::bigint IS NULL OR v.api_key_id = $1)
+  AND ($2::text IS NULL OR v.status = $2)
   AND ($3::text IS NULL OR p.number = $3)
-  AND ($4::timestamptz IS NULL OR (j.created_at, j.id) < ($4, $5::uuid))
-ORDER BY j.created_at DESC, j.id DESC
+  AND ($4::timestamptz IS NULL OR (v.created_at, v.id) < ($4, $5::uuid))
+ORDER BY v.created_at DESC, v.id DESC
 LIMIT $6;
 
 -- name: status_documents
@@ -150,23 +142,15 @@ ORDER BY d.sequence NULLS LAST, d.id;
 -- name: status_latest_jobs
 -- For one round of status reads of process $1: the latest job of each API key in $2 (scope: the
 -- key's id), and when $3 (an admin is among the readers) the latest of anyone's (scope NULL).
-(SELECT DISTINCT ON (j.api_key_id) j.api_key_id AS scope, j.id, j.status, j.webhook_url,
-        j.total_documents, j.completed_documents, j.failed_documents, j.progress_percentage,
-        j.error, j.created_at, j.started_at, j.completed_at,
-        EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
-                WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
- FROM pdpj.jobs j
- WHERE j.process_id = $1 AND j.api_key_id = ANY($2::bigint[])
- ORDER BY j.api_key_id, j.created_at DESC, j.id DESC)
+(SELECT DISTINCT ON (v.api_key_id) v.api_key_id AS scope, v.*
+ FROM pdpj.job_views v
+ WHERE v.process_id = $1 AND v.api_key_id = ANY($2::bigint[])
+ ORDER BY v.api_key_id, v.created_at DESC, v.id DESC)
 UNION ALL
-(SELECT NULL, j.id, j.status, j.webhook_url, j.total_documents, j.completed_documents,
-        j.failed_documents, j.progress_percentage, j.error, j.created_at, j.started_at,
-        j.completed_at,
-        EXISTS (SELECT 1 FROM pdpj.webhook_deliveries w
-                WHERE w.job_id = j.id AND w.status = 'delivered') AS webhook_sent
- FROM pdpj.jobs j
- WHERE $3 AND j.process_id = $1
- ORDER BY j.created_at DESC, j.id DESC
+(SELECT NULL, v.*
+ FROM pdpj.job_views v
+ WHERE $3 AND v.process_id = $1
+ ORDER BY v.created_at DESC, v.id DESC
  LIMIT 1);
 
 -- name: covering_active_job
