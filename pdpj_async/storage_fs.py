@@ -1,7 +1,8 @@
 """Filesystem backend (the embedded default): atomic writes and HMAC-signed download URLs.
 
 An object is written to a hidden temp file in its target directory, fsynced, and renamed
-into place (then the directory is fsynced), so the final key never holds a partial object.
+into place (then the directory is fsynced, and every directory created for it: a rename is only
+as durable as the path above it), so the final key never holds a partial object.
 Content type, original name, size, sha256 and metadata travel with the file, in its extended
 attribute `user.pdpj.meta`, set before the fsync that makes the data durable: one flush covers
 both, and the rename moves them together. On a filesystem without user extended attributes
@@ -88,15 +89,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(path: Path, data: bytes) -> Path:
-    """A new hidden temp file beside `path` holding `data`, fsynced; returns the temp path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _make_dirs(path: Path) -> list[Path]:
+    """Create `path` and its missing parents; returns the directories that gained an entry (the
+    parent of each one created), deepest first. Fsynced after the object's own directory, they
+    make its path durable: a rename survives a crash only if every directory above it does."""
+    created = []
+    missing = path
+    while not missing.is_dir():
+        created.append(missing)
+        missing = missing.parent
+    path.mkdir(parents=True, exist_ok=True)
+    return [d.parent for d in created]
+
+
+def _write_synced(path: Path, data: bytes) -> tuple[Path, list[Path]]:
+    """A new hidden temp file beside `path` holding `data`, fsynced; returns the temp path and
+    the directories `_make_dirs` changed on the way."""
+    grown = _make_dirs(path.parent)
     tmp = path.with_name(f".{secrets.token_hex(8)}{TMP_SUFFIX}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    return tmp
+    return tmp, grown
 
 
 def _attach_meta(fd: int, data: bytes) -> bool:
@@ -155,6 +170,7 @@ class FilesystemWriter(WriterBase):
         self._batch_size = 0
         self._tmp: Path | None = None
         self._file: IO[bytes] | None = None
+        self._grown: list[Path] = []
         # The last call given to an I/O thread: a batch being written while the next one
         # gathers, or the commit. Its await being cancelled does not stop it, so abort waits
         # for it before it discards the file.
@@ -163,7 +179,7 @@ class FilesystemWriter(WriterBase):
     def _open(self) -> IO[bytes]:
         # On the I/O thread, with the first bytes: no thread hop of its own.
         if self._file is None:
-            self._final.parent.mkdir(parents=True, exist_ok=True)
+            self._grown = _make_dirs(self._final.parent)
             self._tmp = self._final.with_name(f".{secrets.token_hex(8)}{TMP_SUFFIX}")
             self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
         return self._file
@@ -221,15 +237,17 @@ class FilesystemWriter(WriterBase):
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=None)
 
     def _finish(self, rest: bytes) -> str:
+        # Ends with the object's directory fsynced, then every directory created for it.
         file = self._write_out(rest)
         assert self._tmp is not None
         sha256 = self._hash.hexdigest()
         meta = _encode_meta(msgspec.structs.replace(self._meta, size=self._size, sha256=sha256))
         file.flush()
         sidecar = sidecar_tmp = None
+        sidecar_grown: list[Path] = []
         if not _attach_meta(file.fileno(), meta):
             sidecar = self._storage.meta_path(self.key)
-            sidecar_tmp = _write_synced(sidecar, meta)
+            sidecar_tmp, sidecar_grown = _write_synced(sidecar, meta)
         try:
             os.fsync(file.fileno())
             file.close()
@@ -237,13 +255,15 @@ class FilesystemWriter(WriterBase):
                 # Sidecar first: an object whose name exists always has its metadata.
                 os.replace(sidecar_tmp, sidecar)
                 sidecar_tmp = None
-                _fsync_dir(sidecar.parent)
+                for directory in (sidecar.parent, *sidecar_grown):
+                    _fsync_dir(directory)
         finally:
             if sidecar_tmp is not None:
                 sidecar_tmp.unlink(missing_ok=True)
         os.replace(self._tmp, self._final)
         self._tmp = None
-        _fsync_dir(self._final.parent)
+        for directory in (self._final.parent, *self._grown):
+            _fsync_dir(directory)
         return sha256
 
     async def _abort(self) -> None:

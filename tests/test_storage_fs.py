@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from pdpj_async import state
+from pdpj_async import state, storage_fs
 from pdpj_async.config import StorageConfig
 from pdpj_async.middleware import api_middleware
-from pdpj_async.storage import content_disposition, create_storage
+from pdpj_async.storage import content_disposition, create_storage, object_key
 from pdpj_async.storage_fs import (
     SIGNING_KEY_FILE,
     WRITE_BATCH,
@@ -113,6 +113,55 @@ async def test_without_extended_attributes_a_sidecar_carries_the_metadata(
 
     await fs_storage.delete(KEY)
     assert not sidecar.exists()
+
+
+def _chain(directory: Path, root: Path) -> list[Path]:
+    """`directory` and each directory above it, up to and including `root`."""
+    return [directory, *[p for p in directory.parents if p.is_relative_to(root)]]
+
+
+@pytest.mark.parametrize("xattrs", [True, False], ids=["xattr", "sidecar"])
+async def test_every_directory_made_for_an_object_is_fsynced_after_its_rename(
+    fs_storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch, xattrs: bool
+) -> None:
+    """A rename survives a power cut only if the directories above it do: a document the
+    database calls available must not lose its path. A power cut cannot run here, so the test
+    watches which directories are flushed, and in which order."""
+    synced: list[Path] = []
+    real = storage_fs._fsync_dir
+
+    def spy(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    def unsupported(*_args: object) -> None:
+        raise OSError(errno.ENOTSUP, "Operation not supported")
+
+    monkeypatch.setattr(storage_fs, "_fsync_dir", spy)
+    if not xattrs:
+        monkeypatch.setattr(os, "setxattr", unsupported)
+    root = fs_storage.root
+
+    # The first document of a process: processos/, {number}/, documentos/ and {uuid}/ are new.
+    await store(fs_storage, KEY, body(1000))
+    path = fs_storage.path_of(KEY)
+    assert path is not None
+    expected = _chain(path.parent, root)
+    if not xattrs:  # the sidecar's own directories first: its object never exists without it
+        expected = _chain(fs_storage.meta_path(KEY).parent, root) + expected
+    assert synced == expected
+
+    # The next document of that process: only its own {uuid}/ is new, in documentos/.
+    synced.clear()
+    other = object_key("", NUMBER, "0b7d3c1e-2f4a-4c6d-8e9f-1a2b3c4d5e6f", "Contestação.pdf")
+    await store(fs_storage, other, body(1000))
+    path = fs_storage.path_of(other)
+    assert path is not None
+    expected = [path.parent, path.parent.parent]
+    if not xattrs:
+        sidecar_dir = fs_storage.meta_path(other).parent
+        expected = [sidecar_dir, sidecar_dir.parent, *expected]
+    assert synced == expected
 
 
 async def test_tampered_signature_is_refused(
