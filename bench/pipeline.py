@@ -187,9 +187,14 @@ async def run_case(args: argparse.Namespace) -> dict[str, float]:
         "uuid": args.uuid,
         "process_number": NUMBER,
     }
-    method = {"seed": seed, "download": download, "ours": ours, "limit": limit}.get(
-        args.method, limit_mp
-    )
+    methods = {
+        "ours": ours,
+        "seed": seed,
+        "limit": limit,
+        "limit_mp": limit_mp,
+        "download": download,
+    }
+    method = methods[args.method]
     try:
         async with aiohttp.ClientSession() as http, PdpjClient(config.pdpj, tokens) as upstream:
             downloader = Downloader(
