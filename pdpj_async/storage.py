@@ -113,8 +113,10 @@ class Storage(Protocol):
 
 
 class WriterBase:
-    """Shared shape of the writers: size and sha256 of what passed, context manager, and an
-    abort shielded from cancellation."""
+    """Shared shape of the writers: size and sha256 of what passed, the write and commit
+    protocols (nothing after the end, abort on any failure), context manager, and an abort
+    shielded from cancellation. Each writer says only how it writes (`_write`), commits
+    (`_commit`) and aborts (`_abort`)."""
 
     _done: bool = False
 
@@ -131,6 +133,23 @@ class WriterBase:
     def sha256(self) -> str:
         """Hex sha256 of the bytes written so far."""
         return self._hash.hexdigest()
+
+    async def write(self, chunk: bytes) -> None:
+        """Add bytes; on any failure (cancellation included) abort, then raise. Raises
+        StorageError, or ContentMismatch where a writer knows the size to expect."""
+        if self._done:
+            raise StorageError("write after commit or abort")
+        if not chunk:
+            return
+        self._size += len(chunk)
+        try:
+            await self._write(chunk)
+        except BaseException:
+            await self.abort()
+            raise
+
+    async def _write(self, chunk: bytes) -> None:
+        raise NotImplementedError
 
     async def commit(self) -> StoredObject:
         """Make the object visible whole; on any failure (cancellation included) abort, then

@@ -184,21 +184,14 @@ class FilesystemWriter(WriterBase):
             self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
         return self._file
 
-    async def write(self, chunk: bytes) -> None:
-        """Add bytes; hashed and written out in batches on an I/O thread while the next batch
-        gathers (at most two batches in memory). Raises StorageError."""
-        if self._done:
-            raise StorageError("write after commit or abort")
-        self._size += len(chunk)
+    async def _write(self, chunk: bytes) -> None:
+        """Hashed and written out in batches on an I/O thread while the next batch gathers (at
+        most two batches in memory)."""
         self._batch.append(chunk)
         self._batch_size += len(chunk)
         if self._batch_size >= WRITE_BATCH:
-            try:
-                await self._settle_inflight()
-                self._inflight = self._storage.submit(self._write_out, self._take_batch())
-            except BaseException:
-                await self.abort()
-                raise
+            await self._settle_inflight()
+            self._inflight = self._storage.submit(self._write_out, self._take_batch())
 
     def _take_batch(self) -> bytes:
         data = b"".join(self._batch)

@@ -122,28 +122,19 @@ class S3Writer(WriterBase):
         self._slots = asyncio.Semaphore(parts_in_flight)
         self._failure: StorageError | None = None
 
-    async def write(self, chunk: bytes) -> None:
-        """Add bytes; a full part is uploaded once more bytes follow it. Raises StorageError."""
-        if self._done:
-            raise StorageError("write after commit or abort")
-        if not chunk:
-            return
+    async def _write(self, chunk: bytes) -> None:
+        """A full part is uploaded once more bytes follow it."""
         self._hash.update(chunk)
-        self._size += len(chunk)
-        try:
-            view = memoryview(chunk)
-            while view:
-                room = self._part_size - self._part.tell()
-                if not room:
-                    # Sent only when more bytes follow: a body of exactly one part stays a
-                    # single PUT. Waiting here for a slot is the backpressure on the download.
-                    await self._send_part()
-                    room = self._part_size
-                self._part.write(view[:room])
-                view = view[room:]
-        except BaseException:
-            await self.abort()
-            raise
+        view = memoryview(chunk)
+        while view:
+            room = self._part_size - self._part.tell()
+            if not room:
+                # Sent only when more bytes follow: a body of exactly one part stays a single
+                # PUT. Waiting here for a slot is the backpressure on the download.
+                await self._send_part()
+                room = self._part_size
+            self._part.write(view[:room])
+            view = view[room:]
 
     async def _commit(self) -> StoredObject:
         """PutObject or CompleteMultipartUpload."""
@@ -366,25 +357,17 @@ class S3StreamWriter(WriterBase):
         self._held = b""
         self._request: asyncio.Task[str | None] | None = None
 
-    async def write(self, chunk: bytes) -> None:
-        """Add bytes; they go out as the socket takes them. Raises StorageError, ContentMismatch."""
-        if self._done:
-            raise StorageError("write after commit or abort")
-        if not chunk:
-            return
+    async def _write(self, chunk: bytes) -> None:
+        """The bytes go out as the socket takes them; more than announced raise
+        ContentMismatch at once."""
         self._hash.update(chunk)
-        self._size += len(chunk)
-        try:
-            if self._size > self._expected:
-                raise ContentMismatch(
-                    f"body longer than the expected {self._expected} bytes (size mismatch)"
-                )
-            if self._held:
-                await self._send(self._held)
-            self._held = chunk
-        except BaseException:
-            await self.abort()
-            raise
+        if self._size > self._expected:
+            raise ContentMismatch(
+                f"body longer than the expected {self._expected} bytes (size mismatch)"
+            )
+        if self._held:
+            await self._send(self._held)
+        self._held = chunk
 
     async def _commit(self) -> StoredObject:
         """Send the held chunk and wait for the PUT's answer."""
