@@ -28,7 +28,6 @@ _encode = msgspec.json.Encoder().encode
 
 _JOBS = queries.load("jobs")
 
-# storage key, file name → a fresh signed URL
 # A download URL for a storage key. No file name is passed: every object carries its own
 # Content-Disposition (the original name) since its upload, and a URL that repeated it
 # (response-content-disposition) was twice as long.
