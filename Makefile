@@ -10,7 +10,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,s3]'
+	@# PgBouncer (Debian's package) for the tests of the daemon behind a transaction pooler;
+	@# installed where we may (root with apt), else those tests are skipped with the reason.
+	@command -v pgbouncer >/dev/null 2>&1 || test -x /usr/sbin/pgbouncer || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -qq pgbouncer >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq pgbouncer >/dev/null 2>&1; }; }; } || \
+	  echo "pgbouncer not installed: the tests that need it will be skipped"
 	touch $@
 
 install: $(STAMP)
@@ -29,9 +36,10 @@ lint: install
 	$(VENV)/bin/ruff format --check pdpj_async tests bench
 	$(VENV)/bin/ruff check pdpj_async tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: install
-	$(PY) -P bench/run_all.py $(BENCH)
+	$(PY) bench/run_all.py $(BENCH)
 
 soak: install
 	$(PY) -m pytest -m soak tests/system $(PYTEST_ARGS)

@@ -1,18 +1,19 @@
 """GET /processes/{n}/status against a bare aiohttp handler, at 64 connections, in one run.
 
-    .venv/bin/python -P bench/api.py [--duration 10] [--connections 64] [--repeat 1]
+    .venv/bin/python bench/api.py [--duration 10] [--connections 64] [--repeat 1]
 
 The database is filled directly (a 10-document and a 1,000-document process, every document
-`available` with a storage key, one API key per connection, a completed job per key and
-process), so no download happens. Each status is measured twice: `status_N` with the keys in
-turn (neighbouring requests are of different callers, as when many clients poll one process:
-the headline; the daemon's read rounds serve them together, each with its own job), and
-`status_N_one_key` with every connection on one key (a secondary figure). The
-daemon (`pdpj-async serve`, its defaults but for the database, port and storage) runs in its
-own process, once with the S3 backend (moto, presigned URLs; the headline) and once with the
-filesystem backend (HMAC-signed URLs). The bare handler is a tiny aiohttp app on uvloop in
-another process. The load comes from `wrk` when it is on PATH (Debian: `apt-get install wrk`),
-else from a small aiohttp client in its own process (`--generator aiohttp` forces it).
+`available` with a storage key, one API key per connection, a completed job and the access a
+request grants per key and process), so no download happens. Each status is measured twice:
+`status_N` with the keys in turn (neighbouring requests are of different callers, as when many
+clients poll one process: the headline; the daemon's read rounds serve them together, each
+with its own job), and `status_N_one_key` with every connection on one key (a secondary
+figure). The daemon (`pdpj-async serve`, its defaults but for the database, port and storage)
+runs in its own process, once with the S3 backend (the harness's S3 server, presigned URLs;
+the headline) and once with the filesystem backend (HMAC-signed URLs). The bare handler is a
+tiny aiohttp app on uvloop in another process. Services come from bench/harness.py. The load
+comes from `wrk` when it is on PATH (Debian: `apt-get install wrk`), else from a small aiohttp
+client in its own process (`--generator aiohttp` forces it).
 
 The reference for the 1,000-document status is botocore's generate_presigned_url measured in
 this same run: the status should serve 10x more documents per second than botocore can sign.
@@ -20,31 +21,26 @@ this same run: the status should serve 10x more documents per second than botoco
 
 from __future__ import annotations
 
-import os
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)] + [_HERE]
+import harness
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid as uuidlib  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pdpj_async import db, keys, storage
+from pdpj_async.cnj import expected_check_digits
+from pdpj_async.config import decode_config
 
-import common  # noqa: E402
-
-from pdpj_async import db, keys, storage  # noqa: E402
-from pdpj_async.cnj import expected_check_digits  # noqa: E402
-from pdpj_async.config import decode_config  # noqa: E402
-
-RESULT = common.RESULTS / "api.json"
+RESULT = harness.RESULTS / "api.json"
 BUCKET = "pdpj-bench"
 
 BARE_SERVER = """
@@ -153,6 +149,13 @@ async def populate(dsn: str, n_keys: int) -> tuple[list[str], dict[int, str]]:
                     job_id,
                     process_id,
                 )
+                # What a request grants: without it the key is told the process was never
+                # requested (pdpj_async.access).
+                await pool.execute(
+                    "INSERT INTO pdpj.process_access (api_key_id, process_id) VALUES ($1, $2)",
+                    new.info.id,
+                    process_id,
+                )
         await pool.execute("ANALYZE")
         return [new.key for new in created], numbers
     finally:
@@ -222,14 +225,14 @@ def run_aiohttp(url: str, connections: int, duration: float, auth: list[str]) ->
     lat = [x * 1000 for x in data["lat"]]
     return {
         "rps": round(data["n"] / data["s"], 1),
-        "p50_ms": round(common.percentile(lat, 50), 2),
-        "p99_ms": round(common.percentile(lat, 99), 2),
+        "p50_ms": round(harness.percentile(lat, 50), 2),
+        "p99_ms": round(harness.percentile(lat, 99), 2),
     }
 
 
-def botocore_presign_rate(endpoint_url: str, n: int = 3000) -> float:
+def botocore_presign_rate(s3: harness.S3Server, n: int = 3000) -> float:
     """URLs per second from botocore's generate_presigned_url (boto3 client), after a warm-up."""
-    client = common.s3_client(endpoint_url)
+    client = s3.client()
     name = storage.content_disposition("Petição 1 - anexo.pdf")
 
     def sign(i: int) -> None:
@@ -255,7 +258,7 @@ async def measure_daemon(
     backend: str,
     dsn: str,
     root: Path,
-    moto: common.Moto,
+    s3: harness.S3Server,
     api_keys: list[str],
     numbers: dict[int, str],
     load: Any,
@@ -267,12 +270,8 @@ async def measure_daemon(
     request, round robin), as when many clients poll; `status_N_one_key`: all 64 connections
     poll with one key.
     """
-    port = common.free_port()
-    section = (
-        common.s3_storage_section(moto.url, BUCKET)
-        if backend == "s3"
-        else {"backend": "filesystem"}
-    )
+    port = harness.free_port()
+    section = s3.storage_section(BUCKET) if backend == "s3" else {"backend": "filesystem"}
     config = decode_config(
         {
             "daemon": {"data_dir": str(root / f"data-{backend}")},
@@ -282,12 +281,10 @@ async def measure_daemon(
             "storage": section,
         }
     )
-    daemon = common.daemon_proc(config, root / f"daemon-{backend}.log")
-    daemon.start()
+    base = f"http://127.0.0.1:{port}"
+    daemon = await harness.start_daemon(config, root / f"daemon-{backend}.log", base + "/healthz")
     out: dict[str, dict[str, float]] = {}
     try:
-        base = f"http://127.0.0.1:{port}"
-        await common.wait_http(base + "/healthz", daemon)
         every = [f"Bearer {k}" for k in api_keys]
         for count, number in numbers.items():
             url = f"{base}/api/v1/processes/{number}/status"
@@ -296,13 +293,13 @@ async def measure_daemon(
                 spy = None
                 if args.profile:
                     profile = Path(args.profile) / f"{backend}_{name}.txt"
-                    spy = common.py_spy(daemon.pid, profile, args.duration)
+                    spy = harness.py_spy(daemon.pid, profile, args.duration)
                 out[name] = await asyncio.to_thread(
                     load, url, args.connections, args.duration, auth
                 )
                 if spy is not None:
                     spy.wait()
-                    for frame, inclusive, own in common.top_frames(profile, 30):
+                    for frame, inclusive, own in harness.top_frames(profile, 30):
                         print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
                 print(f"  {backend} {name}: {out[name]}", flush=True)
     finally:
@@ -311,19 +308,18 @@ async def measure_daemon(
 
 
 async def one_run(
-    args: argparse.Namespace, load: Any, root: Path, pg: common.Postgres
+    args: argparse.Namespace, load: Any, root: Path, pg: harness.Postgres
 ) -> dict[str, Any]:
     dsn = pg.fresh()
     api_keys, numbers = await populate(dsn, args.connections)
-    moto = common.Moto(root / "moto.log")
-    await moto.start(BUCKET)
+    s3 = await asyncio.to_thread(harness.start_s3, root / "s3.log", [BUCKET])
     try:
-        port = common.free_port()
-        bare = common.Proc([sys.executable, "-c", BARE_SERVER, str(port)], root / "bare.log")
+        port = harness.free_port()
+        bare = harness.Proc([sys.executable, "-c", BARE_SERVER, str(port)], root / "bare.log")
         bare.start()
         try:
             url = f"http://127.0.0.1:{port}/"
-            await common.wait_http(url, bare)
+            await harness.wait_http(url, bare)
             await asyncio.to_thread(load, url, args.connections, 2, [])
             result: dict[str, Any] = {
                 "bare": await asyncio.to_thread(load, url, args.connections, args.duration, [])
@@ -331,13 +327,13 @@ async def one_run(
             print(f"  bare: {result['bare']}", flush=True)
         finally:
             bare.stop()
-        s3 = await measure_daemon("s3", dsn, root, moto, api_keys, numbers, load, args)
-        fs = await measure_daemon("filesystem", dsn, root, moto, api_keys, numbers, load, args)
-        result.update(s3)
+        on_s3 = await measure_daemon("s3", dsn, root, s3, api_keys, numbers, load, args)
+        fs = await measure_daemon("filesystem", dsn, root, s3, api_keys, numbers, load, args)
+        result.update(on_s3)
         result["fs"] = fs
-        result["botocore_presign_per_s"] = round(botocore_presign_rate(moto.url))
+        result["botocore_presign_per_s"] = round(botocore_presign_rate(s3))
     finally:
-        moto.stop()
+        s3.stop()
     result["status_1000_docs_per_s"] = round(result["status_1000"]["rps"] * 1000)
     result["status_1000_one_key_docs_per_s"] = round(result["status_1000_one_key"]["rps"] * 1000)
     result["fs"]["status_1000_docs_per_s"] = round(fs["status_1000"]["rps"] * 1000)
@@ -372,20 +368,16 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="whole runs; the median is kept")
     parser.add_argument("--generator", choices=["auto", "wrk", "aiohttp"], default="auto")
     parser.add_argument("--profile", help="py-spy the daemon; collapsed stacks into this dir")
-    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--no-save", action="store_true", help="write no result file")
+    parser.add_argument("--out", default=str(RESULT), help="the result file")
     args = parser.parse_args()
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and shutil.which("wrk"))
     load = run_wrk if use_wrk else run_aiohttp
     runs = []
-    with common.workdir("bench-api-") as root:
-        pg = common.Postgres(root)
-        pg.start()
-        try:
-            for i in range(args.repeat):
-                print(f"run {i + 1}/{args.repeat}", flush=True)
-                runs.append(await one_run(args, load, root, pg))
-        finally:
-            pg.stop()
+    with harness.workdir("bench-api-") as root, harness.postgres(root) as pg:
+        for i in range(args.repeat):
+            print(f"run {i + 1}/{args.repeat}", flush=True)
+            runs.append(await one_run(args, load, root, pg))
     result = _median_run(runs)
     result["generator"] = "wrk" if use_wrk else "aiohttp"
     result["connections"] = args.connections
@@ -395,7 +387,7 @@ async def main() -> None:
         | {k: r[k]["rps"] for k in ("bare", "status_10", "status_1000")}
         for r in runs
     ]
-    result["machine"] = common.machine()
+    result["machine"] = harness.machine()
     result["targets"] = {
         "status_10_vs_bare >= 0.35": result["ratios"]["status_10_vs_bare"] >= 0.35,
         "status_1000_docs_vs_botocore >= 10": result["ratios"]["status_1000_docs_vs_botocore"]
@@ -403,8 +395,13 @@ async def main() -> None:
     }
     print(json.dumps(result, indent=2))
     if not args.no_save:
-        common.RESULTS.mkdir(parents=True, exist_ok=True)
-        RESULT.write_text(json.dumps(result, indent=2) + "\n")
+        save(result, Path(args.out))
+
+
+def save(result: dict[str, Any], out: Path) -> None:
+    """Write the result file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,67 +3,36 @@ downloads run; reports throughput, p50/p99 latency and errors (429s counted apar
 
     .venv/bin/python bench/load.py --clients 200 --duration 60
 
-Everything is local: an embedded PostgreSQL in a temp dir, the sandbox PDPJ in this process,
-the daemon as a subprocess on the filesystem store.
+Everything is local (bench/harness.py): an embedded PostgreSQL in a temp dir, the sandbox
+PDPJ in this process, the daemon as a subprocess on the filesystem store.
 """
 
-# ruff: noqa: E402 - the imports follow the sys.path fix below
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, bench/ comes first on sys.path, and bench/queue.py would shadow the stdlib.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import harness
 import msgspec
-from aiohttp import web
 
 from pdpj_async import cnj, db, keys
-from pdpj_async.embedded_pg import EmbeddedPostgres
-from pdpj_async.sandbox import Fault, SandboxSettings, create_sandbox_app
-from pdpj_async.sandbox_data import DocumentOverride, ProcessOverride
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from pdpj_async.sandbox.app import Fault, SandboxSettings
+from pdpj_async.sandbox.data import DocumentOverride, ProcessOverride
 
 
 def number(i: int) -> str:
     seq = f"{i:07d}"
     return f"{seq}-{cnj.expected_check_digits(seq, '2025', '8', '26', '0100')}.2025.8.26.0100"
-
-
-def env_for(config: dict[str, dict[str, Any]]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PDPJ_ASYNC__")}
-    for section, values in config.items():
-        for key, value in values.items():
-            name = f"PDPJ_ASYNC__{section.upper()}__{key.upper()}"
-            if isinstance(value, bool):
-                env[name] = str(value).lower()
-            elif isinstance(value, list | dict):
-                env[name] = json.dumps(value)
-            else:
-                env[name] = str(value)
-    return env
 
 
 class Client:
@@ -128,17 +97,27 @@ def mean_download(metrics: str) -> float | None:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `values`, by rank; 0 for no values."""
     if not values:
         return 0.0
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+PG_SETTINGS = {"fsync": "off", "synchronous_commit": "off"}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    tmp = Path(tempfile.mkdtemp(prefix="pdpj-load-"))
-    pg = EmbeddedPostgres(tmp / "pg", settings={"fsync": "off", "synchronous_commit": "off"})
-    dsn = await asyncio.to_thread(pg.start)
-    await asyncio.to_thread(db.apply_migrations, dsn)
+    with (
+        tempfile.TemporaryDirectory(prefix="pdpj-load-") as tmp,
+        harness.postgres(Path(tmp), PG_SETTINGS) as pg,
+    ):
+        dsn = await asyncio.to_thread(pg.fresh)
+        return await run(args, Path(tmp), dsn)
+
+
+async def run(args: argparse.Namespace, tmp: Path, dsn: str) -> dict[str, Any]:
+    """The load against a daemon on database `dsn`, with the sandbox in this process."""
     numbers = [number(9000 + i) for i in range(args.processes)]
     settings = SandboxSettings(
         token="load-token",
@@ -152,28 +131,26 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         # Each download takes a while, so downloads run during the whole load.
         faults=[Fault(latency_ms=args.download_ms)],
     )
-    runner = web.AppRunner(create_sandbox_app(settings), access_log=None)
-    await runner.setup()
-    sandbox_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", sandbox_port).start()
-    port = free_port()
+    async with harness.sandbox_in_process(settings) as sandbox_url:
+        return await load(args, tmp, dsn, sandbox_url, numbers)
+
+
+async def load(
+    args: argparse.Namespace, tmp: Path, dsn: str, sandbox_url: str, numbers: list[str]
+) -> dict[str, Any]:
+    """Start the daemon, run the clients, read the figures."""
+    port = harness.free_port()
     config = {
         "daemon": {"data_dir": str(tmp / "data")},
         "http": {"host": "127.0.0.1", "port": port},
         "database": {"dsn": dsn, "migrate_on_start": False, "pool_max": args.pool_max},
         "logging": {"format": "json", "level": "warning"},
-        "pdpj": {"base_url": f"http://127.0.0.1:{sandbox_port}/api/v2", "token": "load-token"},
+        "pdpj": {"base_url": f"{sandbox_url}/api/v2", "token": "load-token"},
         "queue": {"workers": 8, "poll_interval_s": 1.0},
         "rate_limit": {"requests_per_s": args.rate_limit, "burst": args.rate_limit},
     }
-    log = (tmp / "daemon.log").open("wb")
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured part
-        [sys.executable, "-m", "pdpj_async", "serve", "--no-migrate"],
-        env=env_for(config),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     base = f"http://127.0.0.1:{port}"
+    proc = await harness.start_daemon(config, tmp / "daemon.log", base + "/readyz")
     pool = await db.create_pool(dsn, min_size=1, max_size=2)
     try:
         api_keys = [
@@ -182,15 +159,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=args.clients)
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            async with asyncio.timeout(30):
-                while True:
-                    try:
-                        async with http.get(base + "/readyz") as resp:
-                            if resp.status == 200:
-                                break
-                    except aiohttp.ClientError:
-                        pass
-                    await asyncio.sleep(0.1)
             rng = random.Random(args.seed)
             clients = [
                 Client(api_keys[i % len(api_keys)], rng.sample(numbers, 5), random.Random(i))
@@ -202,12 +170,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             statuses: Counter[str] = Counter()
             spy = None
             if args.profile:
-                spy = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
-                    [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "-p", str(proc.pid),
-                     "-d", str(int(args.duration)), "-r", "200", "-f", "raw", "-o", args.profile,
-                     "--nonblocking"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                spy = harness.py_spy(proc.pid, Path(args.profile), args.duration, rate=200)
             started = time.perf_counter()
             until = started + args.duration
             await asyncio.gather(
@@ -223,11 +186,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     finally:
         await pool.close()
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-        await runner.cleanup()
-        await asyncio.to_thread(pg.stop, "fast")
+        await asyncio.to_thread(proc.stop, 30)
     every = [x for values in latencies.values() for x in values]
     total = sum(statuses.values())
     limited = sum(v for k, v in statuses.items() if k.endswith(":429"))
@@ -268,7 +227,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rate-limit", type=float, default=1000.0, help="per key, per second")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--pool-max", type=int, default=20, help="the daemon's database.pool_max")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "load.json"))
+    parser.add_argument("--out", default=str(harness.RESULTS / "load.json"))
     parser.add_argument("--profile", help="py-spy the daemon during the load; raw stacks here")
     return parser.parse_args()
 

@@ -1,6 +1,6 @@
 """Presigned download URLs per second: ours (pdpj_async.presign) vs botocore, in one run.
 
-    .venv/bin/python bench/presign.py [--urls 20000]
+    .venv/bin/python bench/presign.py [--urls 20000] [--out bench/results/presign.json]
 
 A status response lists up to 1,000 documents, each with a fresh URL; this measures what
 that costs. botocore is measured through the same aiobotocore client the daemon uses
@@ -16,13 +16,14 @@ import platform
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
 
 from pdpj_async.config import StorageConfig
 from pdpj_async.storage import content_disposition
-from pdpj_async.storage_s3 import S3Storage
+from pdpj_async.storage.s3 import S3Storage
 
 RESULTS = Path(__file__).parent / "results" / "presign.json"
 NAME = "Petição inicial.pdf"
@@ -57,6 +58,7 @@ async def timed_async(fn: Callable[[str], Awaitable[object]], ks: list[str]) -> 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--urls", type=int, default=20000)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the result file")
     args = parser.parse_args()
     n = args.urls
     config = StorageConfig(
@@ -131,9 +133,14 @@ async def main() -> None:
         "aiobotocore": results["aiobotocore_with_filename"]["us_per_url"],
     }
     meta = {"urls": n, "python": platform.python_version(), "machine": platform.machine()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    save({"meta": meta, "results": results}, args.out)
     print(json.dumps(results, indent=2))
+
+
+def save(report: dict[str, Any], out: Path) -> None:
+    """Write the result file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Stream a 1 GiB sandbox document through PdpjClient into sha256; report peak RSS vs 1 MiB.
 
-The sandbox runs as a separate process (`pdpj-async sandbox`), so the RSS measured is the
-client's alone. A sampler task reads this process's RSS every 10 ms during each download.
-Reference: the peak while streaming 1 MiB in the same run. Control: a 64 MiB body joined
-in memory, to show the sampler does see a body that is buffered.
+The sandbox runs as a separate process (`pdpj-async sandbox`, started by bench/harness.py), so
+the RSS measured is the client's alone. A sampler task reads this process's RSS every 10 ms
+during each download. Reference: the peak while streaming 1 MiB in the same run. Control: a
+64 MiB body joined in memory, to show the sampler does see a body that is buffered.
 
     .venv/bin/python bench/upstream_stream.py [--size-mib 1024] [--out bench/results/...]
 """
@@ -17,8 +17,6 @@ import json
 import os
 import platform
 import resource
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,46 +25,28 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import harness
 import psutil
 
 from pdpj_async.cnj import parse
 from pdpj_async.config import PdpjConfig
-from pdpj_async.sandbox_data import document_sha256
-from pdpj_async.tokens import TokenProvider
-from pdpj_async.upstream import PdpjClient
+from pdpj_async.sandbox.data import document_sha256
+from pdpj_async.upstream.client import PdpjClient
+from pdpj_async.upstream.tokens import TokenProvider
 
 MIB = 1024 * 1024
 NUMBER = "10117457720258110041"
 TOKEN = "bench-token"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @asynccontextmanager
 async def sandbox_process() -> AsyncIterator[str]:
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        *[sys.executable, "-m", "pdpj_async", "sandbox", "--port", str(port), "--token", TOKEN],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    root = f"http://127.0.0.1:{port}"
+    """The harness's sandbox in its own process; yields its root URL."""
+    sandbox = await asyncio.to_thread(harness.start_sandbox, TOKEN)
     try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(300):
-                try:
-                    async with session.get(root + "/_sandbox/stats"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-        yield root
+        yield sandbox.url
     finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
+        await asyncio.to_thread(sandbox.stop)
 
 
 def maxrss() -> int:
@@ -119,7 +99,7 @@ async def buffer_hash(client: PdpjClient, href: str) -> tuple[str, int, float]:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--out", default="bench/results/upstream_stream.json")
+    parser.add_argument("--out", default=str(harness.RESULTS / "upstream_stream.json"))
     args = parser.parse_args()
     sizes = {"reference_1mib": MIB, "large": args.size_mib * MIB, "buffered_64mib": 64 * MIB}
     async with sandbox_process() as root, aiohttp.ClientSession() as control:

@@ -32,6 +32,10 @@ class Forbidden(PdpjAsyncError):
     """The API key is valid but its role does not allow the action."""
 
 
+class InvalidLink(Forbidden):
+    """A signed download link that is malformed, forged or expired."""
+
+
 class NotFound(PdpjAsyncError):
     """A thing the caller asked for does not exist (or is not theirs)."""
 

@@ -8,27 +8,24 @@ from uuid import UUID
 
 import asyncpg
 
-from . import cnj, webhooks
-from .config import Config
-from .jobs import JobService
+from . import cnj
+from .config import Config, public_url
+from .jobs import JobService, webhook_on_final
 from .keys import ApiKey
-from .queue import Queue
+from .queue.table import Queue
+from .webhooks import outbox
 
 # The operator acts with an admin's view of every job.
 OPERATOR = ApiKey(id=0, name="operator", role="admin")
 
 
 def _service(pool: asyncpg.Pool, config: Config) -> JobService:
-    from .app import job_final_hook
-
-    hook = job_final_hook(config)
+    hook = webhook_on_final(config)
     return JobService(pool, Queue(pool, config.queue, "cli"), on_job_final=hook)
 
 
 async def run_jobs(args: argparse.Namespace, config: Config, pool: asyncpg.Pool) -> Any:
     """`jobs list|show|retry|cancel`: what the API's job routes give an admin."""
-    from .app import public_url
-
     service = _service(pool, config)
     base = public_url(config)
     if args.jobs_command == "list":
@@ -39,7 +36,7 @@ async def run_jobs(args: argparse.Namespace, config: Config, pool: asyncpg.Pool)
     job_id = UUID(args.job_id)
     if args.jobs_command == "show":
         view = await service.get(OPERATOR, job_id, base)
-        deliveries = await webhooks.deliveries_for_job(pool, job_id)
+        deliveries = await outbox.deliveries_for_job(pool, job_id)
         return {"job": view, "deliveries": deliveries}
     if args.jobs_command == "retry":
         return await service.retry(OPERATOR, job_id, base)
@@ -48,7 +45,7 @@ async def run_jobs(args: argparse.Namespace, config: Config, pool: asyncpg.Pool)
 
 async def run_deliveries(args: argparse.Namespace, config: Config, pool: asyncpg.Pool) -> Any:
     """`deliveries redeliver ID`: a fresh round of attempts with the same webhook-id."""
-    return await webhooks.redeliver(pool, args.delivery_id)
+    return await outbox.redeliver(pool, args.delivery_id)
 
 
 def add_parsers(sub: Any) -> None:

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from . import queries
-from .db import Connection, Executor
+from .db import Connection, Executor, queries
 from .errors import InvalidTransition
 from .logs import get_logger
+from .schemas import DocumentStatus, JobStatus
 
 log = get_logger(__name__)
 
-DocumentStatus = Literal["pending", "processing", "available", "failed"]
-JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 
 # For each target status, the statuses a document may leave to reach it.
 DOCUMENT_TRANSITIONS: dict[DocumentStatus, frozenset[DocumentStatus]] = {

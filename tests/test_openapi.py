@@ -90,7 +90,7 @@ def test_postman_collection_is_generated_from_the_current_document() -> None:
 
     import msgspec
 
-    from pdpj_async import api, openapi, postman
+    from pdpj_async.server import api, openapi, postman
 
     committed = Path(__file__).resolve().parents[1] / "docs" / "pdpj-async.postman_collection.json"
     expected = postman.collection(openapi.build(api.all_routes()))

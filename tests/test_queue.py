@@ -9,7 +9,7 @@ import pytest
 
 from pdpj_async.config import QueueConfig
 from pdpj_async.errors import LeaseLost
-from pdpj_async.queue import Queue
+from pdpj_async.queue.table import Queue
 
 CONFIG = QueueConfig(lease_s=30.0, backoff_base_s=0.05, backoff_cap_s=0.2, max_attempts=3)
 

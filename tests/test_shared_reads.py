@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pdpj_async.api import Rounds
+from pdpj_async.server.api import Rounds
 
 
 class SlowSource:

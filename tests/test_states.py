@@ -13,7 +13,7 @@ from pdpj_async.config import QueueConfig
 from pdpj_async.db import Connection, transaction
 from pdpj_async.errors import InvalidTransition, LeaseLost
 from pdpj_async.pipeline import Finisher
-from pdpj_async.queue import Queue
+from pdpj_async.queue.table import Queue
 
 DIGITS = "10117457720258110041"
 

@@ -13,8 +13,9 @@ import pytest
 from pdpj_async.config import QueueConfig
 from pdpj_async.db import Connection
 from pdpj_async.errors import LeaseLost, PermanentFailure, Release, RetryLater
-from pdpj_async.queue import Queue, Task
-from pdpj_async.workers import Gate, WorkerPool, settling
+from pdpj_async.queue.gate import Gate
+from pdpj_async.queue.table import Queue, Task
+from pdpj_async.queue.workers import WorkerPool, settling
 
 FAST = QueueConfig(
     workers=4,
@@ -50,7 +51,7 @@ async def running_pool(
     await workers.start()
     try:
         yield workers
-        assert workers.failed is not None and not workers.failed.done()
+        assert not workers.supervisor.died.done()
     finally:
         await workers.stop(grace=1.0)
 
@@ -409,7 +410,7 @@ async def test_pool_survives_its_listener_connection_being_killed(
         await asyncio.sleep(0.2)  # LISTEN is issued right after the connection opens
         await enqueue(pool, "doc-1")
         await asyncio.wait_for(ran.wait(), SLOW_POLL / 6)
-        assert workers.failed is not None and not workers.failed.done()
+        assert not workers.supervisor.died.done()
 
 
 async def test_a_settling_handler_gives_its_slot_to_the_next_row_and_keeps_its_own(

@@ -13,10 +13,10 @@ import asyncpg
 import msgspec
 from asyncpg.pool import PoolConnectionProxy
 
-from .config import Config, resolved_data_dir
-from .embedded_pg import EmbeddedPostgres
-from .errors import DatabaseUnavailable
-from .logs import get_logger
+from ..config import Config, resolved_data_dir
+from ..errors import DatabaseUnavailable
+from ..logs import get_logger
+from .embedded import EmbeddedPostgres
 
 log = get_logger(__name__)
 
@@ -24,9 +24,9 @@ log = get_logger(__name__)
 def _migrations_dir() -> Path:
     # Installed, the top-level migrations/ ship as pdpj_async/migrations; in a checkout they are
     # beside the package.
-    here = Path(__file__).resolve().parent
-    installed = here / "migrations"
-    return installed if installed.is_dir() else here.parent / "migrations"
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "migrations"
+    return installed if installed.is_dir() else package.parent / "migrations"
 
 
 MIGRATIONS_DIR = _migrations_dir()
@@ -77,9 +77,22 @@ async def reset_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, min_size: int = 2, max_size: int = 20, command_timeout: float = 30.0
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    command_timeout: float = 30.0,
+    pooled: bool = False,
 ) -> asyncpg.Pool:
-    """Open the pool; raises DatabaseUnavailable when PostgreSQL cannot be reached."""
+    """Open the pool; raises DatabaseUnavailable when PostgreSQL cannot be reached.
+
+    `pooled`: the DSN goes through a transaction-mode pooler (PgBouncer), where consecutive
+    transactions may run on different server connections. asyncpg's named prepared statements
+    would then be missing (or another's) on the next one: they are not kept (unnamed statements,
+    parsed per call, are what such a pooler passes through).
+    """
+    # asyncpg's default: 100 statements per connection.
+    statement_cache_size = 0 if pooled else 100
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -89,6 +102,7 @@ async def create_pool(
             init=init_connection,
             reset=reset_connection,
             server_settings={"application_name": "pdpj-async"},
+            statement_cache_size=statement_cache_size,
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

@@ -10,10 +10,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from . import queries
-from .config import QueueConfig
-from .db import Connection
-from .errors import LeaseLost
+from ..config import QueueConfig
+from ..db import Connection, queries
+from ..errors import LeaseLost
 
 NOTIFY_CHANNEL = "pdpj_queue"
 CANCEL_CHANNEL = "pdpj_queue_cancel"

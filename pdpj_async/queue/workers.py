@@ -22,16 +22,19 @@ import contextlib
 import contextvars
 import functools
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NamedTuple
 
 import asyncpg
 
-from .config import QueueConfig
-from .db import DB_ERRORS, Connection
-from .errors import LeaseLost, PermanentFailure, Release, RetryLater
-from .logs import get_logger
-from .queue import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
+from ..config import QueueConfig
+from ..db import DB_ERRORS, Connection
+from ..db.listen import dedicated, listen_forever
+from ..errors import LeaseLost, PermanentFailure, Release, RetryLater
+from ..logs import get_logger
+from ..tasks import Supervisor
+from .gate import Gate
+from .table import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
 
 log = get_logger(__name__)
 
@@ -45,38 +48,6 @@ _RETRY_MAX_S = 5.0
 _COMPLETE_BATCH_MAX = 1000
 # How long start() waits for LISTEN before relying on the poll alone.
 _LISTEN_START_TIMEOUT_S = 10.0
-
-
-class Gate:
-    """An on/off switch for claiming one kind (e.g. closed while the upstream token is expired)."""
-
-    def __init__(self, is_open: bool = True) -> None:
-        self._event = asyncio.Event()
-        self._subscribers: list[Callable[[], None]] = []
-        if is_open:
-            self._event.set()
-
-    def is_open(self) -> bool:
-        """True when work of this kind may be claimed."""
-        return self._event.is_set()
-
-    def open(self) -> None:
-        """Allow claiming again and wake the pools waiting on this gate."""
-        self._event.set()
-        for wake in self._subscribers:
-            wake()
-
-    def close(self) -> None:
-        """Stop claiming; rows already running are not touched."""
-        self._event.clear()
-
-    async def wait(self) -> None:
-        """Return once the gate is open."""
-        await self._event.wait()
-
-    def subscribe(self, wake: Callable[[], None]) -> None:
-        """Call wake() whenever the gate opens."""
-        self._subscribers.append(wake)
 
 
 class WorkerStats:
@@ -121,8 +92,10 @@ class WorkerPool:
         pool: asyncpg.Pool,
         dsn_or_connect_params: str | Mapping[str, Any],
         config: QueueConfig,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.queue = queue
+        self.supervisor = supervisor or Supervisor()
         self.pool = pool
         self.config = config
         self.stats = WorkerStats()
@@ -144,7 +117,6 @@ class WorkerPool:
         # Stop flushes completions itself; it must wait for a flush already in flight.
         self._completing = asyncio.Lock()
         self._stopping = False
-        self.failed: asyncio.Future[BaseException] | None = None
 
     @property
     def running(self) -> int:
@@ -168,7 +140,6 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start listening, claiming, completing and heartbeating; returns once LISTEN is on."""
-        self.failed = asyncio.get_running_loop().create_future()
         self._stopping = False
         self._spawn("listener", self._listen_loop())
         self._spawn("claimer", self._claim_loop())
@@ -181,6 +152,7 @@ class WorkerPool:
     async def stop(self, grace: float) -> None:
         """Stop claiming, give running handlers `grace` seconds, then release what is left."""
         self._stopping = True
+        self.supervisor.release(*self._background)
         claimer = [t for t in self._background if t.get_name() == "queue-claimer"]
         await _cancel_all(claimer)
         self._unfinished.extend(self._ready)
@@ -213,23 +185,8 @@ class WorkerPool:
             rescues=s.rescues,
         )
 
-    def _spawn(self, name: str, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        task.set_name(f"queue-{name}")
-        task.add_done_callback(self._background_done)
-        self._background.append(task)
-
-    def _background_done(self, task: asyncio.Task[None]) -> None:
-        if self._stopping and task.cancelled():
-            return
-        error: BaseException = (
-            RuntimeError(f"{task.get_name()} was cancelled")
-            if task.cancelled()
-            else task.exception() or RuntimeError(f"{task.get_name()} exited")
-        )
-        log.error("worker_pool_task_died", task=task.get_name(), error=repr(error))
-        if self.failed is not None and not self.failed.done():
-            self.failed.set_result(error)
+    def _spawn(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
+        self._background.append(self.supervisor.start(f"queue-{name}", coro))
 
     # Claiming.
 
@@ -445,50 +402,25 @@ class WorkerPool:
                     self._cancel_handler(task.id, "lease_lost")
 
     async def _listen_loop(self) -> None:
-        pause = _RETRY_MIN_S
-        while True:
-            try:
-                conn = await self._connect()
-            except DB_ERRORS as exc:
-                log.warning("queue_listener_connect_failed", error=str(exc), retry_in_s=pause)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, _RETRY_MAX_S)
-                continue
-            try:
-                await self._listen(conn)
-                pause = _RETRY_MIN_S
-            except DB_ERRORS as exc:
-                log.warning("queue_listener_lost", error=str(exc))
-            finally:
-                self._listening.clear()
-                conn.terminate()
-            await asyncio.sleep(pause)
+        await listen_forever(
+            dedicated(self._connect_params, "pdpj-async-listener"),
+            {NOTIFY_CHANNEL: self._on_notify, CANCEL_CHANNEL: self._on_cancel},
+            name="queue",
+            on_listening=self._on_listening,
+            on_lost=self._listening.clear,
+            check_every_s=self.config.poll_interval_s,
+        )
 
-    async def _connect(self) -> asyncpg.Connection:
-        settings = {"application_name": "pdpj-async-listener"}
-        if isinstance(self._connect_params, str):
-            return await asyncpg.connect(self._connect_params, server_settings=settings)
-        return await asyncpg.connect(**{"server_settings": settings, **self._connect_params})
-
-    async def _listen(self, conn: asyncpg.Connection) -> None:
-        lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: lost.set())
-        await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        await conn.add_listener(CANCEL_CHANNEL, self._on_cancel)
+    def _on_listening(self) -> None:
         self._listening.set()
         # Notifications sent while we were not listening are gone: look for work now.
         self._wake.set()
-        log.info("queue_listening")
-        while not conn.is_closed():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), self.config.poll_interval_s)
-        log.warning("queue_listener_lost", error="connection closed")
 
-    def _on_notify(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+    def _on_notify(self, _payload: str) -> None:
         self._wake.set()
 
-    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        ids = {int(part) for part in str(payload).split(",") if part.isdigit()}
+    def _on_cancel(self, payload: str) -> None:
+        ids = {int(part) for part in payload.split(",") if part.isdigit()}
         if self._ready:
             # Claimed ahead but not started: the row is gone, so it is simply dropped.
             kept = [t for t in self._ready if t.id not in ids]

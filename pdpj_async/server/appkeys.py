@@ -7,21 +7,26 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
-from .config import Config
-from .keys import ApiKey, AuthCache
+from ..config import Config
+from ..keys import ApiKey, AuthCache
+from ..tasks import Supervisor
+from ..webhooks.client import WebhookClient
+from ..webhooks.outbox import TestInbox
 
 if TYPE_CHECKING:
-    from .jobs import JobService
+    from ..access import AccessLog
+    from ..jobs import JobService
+    from ..pipeline import Downloader
+    from ..processes import ProcessService
+    from ..queue.gate import Gate
+    from ..queue.table import Queue
+    from ..queue.workers import WorkerPool
+    from ..storage import Storage
+    from ..upstream.client import PdpjClient
+    from ..upstream.tokens import TokenProvider
+    from ..webhooks.sender import Sender
+    from ..webhooks.ssrf import UrlGuard
     from .middleware import RateLimits
-    from .pipeline import Downloader
-    from .processes import ProcessService
-    from .queue import Queue
-    from .sender import Sender
-    from .ssrf import UrlGuard
-    from .storage import Storage
-    from .tokens import TokenProvider
-    from .upstream import PdpjClient
-    from .workers import Gate, WorkerPool
 
 CONFIG = web.AppKey("config", Config)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -29,6 +34,7 @@ AUTH_CACHE = web.AppKey("auth_cache", AuthCache)
 DSN = web.AppKey("dsn", str)
 PUBLIC_URL = web.AppKey("public_url", str)
 INSTANCE_ID = web.AppKey("instance_id", str)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
 TOKENS: web.AppKey[TokenProvider] = web.AppKey("tokens")
 UPSTREAM: web.AppKey[PdpjClient] = web.AppKey("upstream")
 STORAGE: web.AppKey[Storage] = web.AppKey("storage")
@@ -41,14 +47,12 @@ URL_GUARD: web.AppKey[UrlGuard] = web.AppKey("url_guard")
 PROCESSES: web.AppKey[ProcessService] = web.AppKey("processes")
 JOBS: web.AppKey[JobService] = web.AppKey("jobs")
 RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
+ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
 API_KEY = web.RequestKey("api_key", ApiKey)
 
 # Webhooks: the SSRF-guarded client that sends pings, and the built-in test receiver's inbox.
-from .sender import WebhookClient  # noqa: E402 - appended section, no import cycle
-from .webhooks import TestInbox  # noqa: E402
-
 WEBHOOK_CLIENT = web.AppKey("webhook_client", WebhookClient)
 WEBHOOK_TEST_INBOX = web.AppKey("webhook_test_inbox", TestInbox)

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from . import state
+from . import appkeys
 
 # A readiness check returns None when healthy, else a short reason.
 ReadinessCheck = Callable[[web.Application], Awaitable[str | None]]
@@ -20,7 +20,7 @@ _encode = msgspec.json.Encoder().encode
 async def _database(app: web.Application) -> str | None:
     try:
         async with asyncio.timeout(2):
-            await app[state.POOL].fetchval("SELECT 1")
+            await app[appkeys.POOL].fetchval("SELECT 1")
     except Exception as exc:  # any failure means not ready; the reason is reported
         return f"database unreachable: {type(exc).__name__}"
     return None

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import msgspec
 from aiohttp import web
 
-from . import __version__
+from .. import __version__
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REF = "#/components/schemas/{name}"

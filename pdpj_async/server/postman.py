@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from . import __version__
+from .. import __version__
 
 SCHEMA = "https://schema.getpostman.com/json/collection/v2.1.0/collection.json"
 _EXAMPLES = {

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from . import errors
+from .. import errors
 
 CONTENT_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:pdpj-async:problem:"
@@ -36,6 +36,7 @@ _MAP: list[tuple[type[BaseException], int, str, str]] = [
     (errors.InvalidWebhookUrl, 400, "invalid-webhook-url", "Webhook URL refused"),
     (errors.InvalidRequest, 400, "invalid-request", "Invalid request"),
     (errors.AuthError, 401, "unauthorized", "Missing or invalid API key"),
+    (errors.InvalidLink, 403, "invalid-download-link", "Invalid download link"),
     (errors.Forbidden, 403, "forbidden", "Not allowed for this API key"),
     (errors.NotFound, 404, "not-found", "Not found"),
     (errors.UpstreamNotFound, 404, "process-not-found", "Process not found at PDPJ"),

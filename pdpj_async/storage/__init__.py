@@ -19,9 +19,9 @@ from urllib.parse import quote
 
 import msgspec
 
-from .config import StorageConfig
-from .errors import ConfigError, InvalidRequest, StorageError
-from .logs import get_logger
+from ..config import StorageConfig
+from ..errors import ConfigError, InvalidRequest, StorageError
+from ..logs import get_logger
 
 log = get_logger(__name__)
 
@@ -288,10 +288,10 @@ async def create_storage(
     """
     validate_config(config)
     if config.backend == "s3":
-        from .storage_s3 import S3Storage
+        from .s3 import S3Storage
 
         return await S3Storage.open(config, max_pool_connections=max_pool_connections)
-    from .storage_fs import FilesystemStorage
+    from .fs import FilesystemStorage
 
     return await FilesystemStorage.open(config, data_dir, public_url=public_url)
 

@@ -3,20 +3,12 @@
 All three run in one process on one embedded PostgreSQL (fsync off for all), with no-op
 handlers: batched enqueue rate, drain rate at 10 and 50 workers over 20,000 rows, and pickup
 latency (rows enqueued one at a time at ~50/s into an idle pool; enqueue to handler start).
-Each figure is the median of 3 runs.
+Each figure is the median of 3 runs. Its figures are in bench/results/queue.json.
 
-    .venv/bin/python bench/queue.py [--runs 3] [--rows 20000] [--samples 250]
+    .venv/bin/python bench/queue_claims.py [--runs 3] [--rows 20000] [--samples 250]
 """
 
 from __future__ import annotations
-
-import os
-import sys
-
-# This file is named queue.py: its directory must not shadow the stdlib queue module
-# (`python -P` already keeps it off the path).
-if os.path.dirname(os.path.abspath(__file__)) in sys.path:
-    sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import asyncio
@@ -30,22 +22,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncpg
+import harness
 import uvloop
+from pgqueuer.adapters.drivers.asyncpg import AsyncpgPoolDriver
+from pgqueuer.adapters.persistence.queries import Queries
+from pgqueuer.core.qm import QueueManager
+from pgqueuer.domain.models import Job
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pgqueuer.adapters.drivers.asyncpg import AsyncpgPoolDriver  # noqa: E402
-from pgqueuer.adapters.persistence.queries import Queries  # noqa: E402
-from pgqueuer.core.qm import QueueManager  # noqa: E402
-from pgqueuer.domain.models import Job  # noqa: E402
-
-from pdpj_async import db  # noqa: E402
-from pdpj_async.config import QueueConfig  # noqa: E402
-from pdpj_async.embedded_pg import EmbeddedPostgres  # noqa: E402
-from pdpj_async.logs import configure  # noqa: E402
-from pdpj_async.queue import Queue, Task  # noqa: E402
-from pdpj_async.workers import WorkerPool  # noqa: E402
+from pdpj_async import db
+from pdpj_async.config import QueueConfig
+from pdpj_async.logs import configure
+from pdpj_async.queue.table import Queue, Task
+from pdpj_async.queue.workers import WorkerPool
 
 BATCH = 1000
 SETTINGS = {"fsync": "off", "full_page_writes": "off", "max_connections": "300"}
@@ -61,7 +49,7 @@ class System(Protocol):
 
 
 class Ours:
-    """pdpj_async.queue + pdpj_async.workers, as the daemon uses them."""
+    """pdpj_async.queue.table + pdpj_async.workers, as the daemon uses them."""
 
     table = "pdpj.queue"
 
@@ -250,22 +238,16 @@ async def pickup(system: System, pool: asyncpg.Pool, samples: int) -> tuple[floa
 
 
 async def bench(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    with tempfile.TemporaryDirectory(prefix="pdpj-bench-") as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "pg", settings=SETTINGS)
-        server.start()
-        try:
-            return await _bench_on(server, args)
-        finally:
-            server.stop(mode="immediate")
+    with (
+        tempfile.TemporaryDirectory(prefix="pdpj-bench-") as tmp,
+        harness.postgres(Path(tmp), SETTINGS) as pg,
+    ):
+        return await _bench_on(pg, args)
 
 
-async def _bench_on(server: EmbeddedPostgres, args: argparse.Namespace) -> dict[str, Any]:
-    admin = await asyncpg.connect(server.dsn)
-    for name in ("ours", "pgqueuer", "raw"):
-        await admin.execute(f"CREATE DATABASE bench_{name}")
-    await admin.close()
-    dsns = {name: server.dsn_for(f"bench_{name}") for name in ("ours", "pgqueuer", "raw")}
-    await db.migrate(dsns["ours"])
+async def _bench_on(pg: harness.Postgres, args: argparse.Namespace) -> dict[str, Any]:
+    # The daemon's schema in ours only; PGQueuer and the raw loop install their own tables.
+    dsns = {name: pg.fresh(migrate=name == "ours") for name in ("ours", "pgqueuer", "raw")}
     pools = {name: await db.create_pool(dsn, min_size=2, max_size=20) for name, dsn in dsns.items()}
     await Queries(AsyncpgPoolDriver(pools["pgqueuer"])).install()
     async with pools["raw"].acquire() as conn:
@@ -317,7 +299,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--samples", type=int, default=250)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "queue.json")
+    parser.add_argument("--out", type=Path, default=harness.RESULTS / "queue.json")
     args = parser.parse_args()
     configure(level="warning", fmt="console")
     results = uvloop.run(bench(args))

@@ -1,0 +1,1 @@
+"""The HTTP layer: app keys, middleware, problem documents, handlers, health, metrics, OpenAPI."""

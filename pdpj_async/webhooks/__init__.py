@@ -1,0 +1,1 @@
+"""Webhooks: the outbox, signatures, the SSRF guard, the guarded HTTP client and the sender."""
