@@ -1,7 +1,7 @@
 """End to end: many processes requested, every document stored, every webhook received.
 
-    .venv/bin/python -P bench/e2e.py            # full: 200 x 20 docs, fs and S3, sweep (~10 min)
-    .venv/bin/python -P bench/e2e.py --quick    # 40 x 20 docs, smaller sweep (~3 min)
+    .venv/bin/python bench/e2e.py            # full: 200 x 20 docs, fs and S3, sweep (~10 min)
+    .venv/bin/python bench/e2e.py --quick    # 40 x 20 docs, smaller sweep (~3 min)
 
 One `pdpj-async serve` (default worker settings) against `pdpj-async sandbox` (its own process,
 50 ms per request) with a realistic size mix (most documents 50 KB-2 MB, a few 20-200 MB, PDF
@@ -15,39 +15,38 @@ this process. Beside it, on the same sandbox and store:
          concurrency (queue.workers), with no database and no bookkeeping.
 Then docs/s against workers (1, 4, 16, 64) and upstream latency (0, 50, 200 ms) on a smaller
 workload (filesystem), plotted to docs/e2e_workers.png. Results: bench/results/e2e.json.
+The services (PostgreSQL, sandbox, S3, the daemon) come from bench/harness.py. S3 is
+SeaweedFS, a real store; `--backends ... s3-moto` adds the mock the older figures were taken
+on, as a second column (`s3_moto` in the results).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import math
 import os
+import random
+import resource
+import shutil
+import signal
 import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if p not in ("", _HERE)] + [_HERE]
+import aiohttp
+import harness
+from aiohttp import web
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import random  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pdpj_async import db, keys
+from pdpj_async.cnj import expected_check_digits, parse
+from pdpj_async.config import decode_config
 
-import aiohttp  # noqa: E402
-import common  # noqa: E402
-from aiohttp import web  # noqa: E402
-
-from pdpj_async import db, keys  # noqa: E402
-from pdpj_async.cnj import expected_check_digits, parse  # noqa: E402
-from pdpj_async.config import decode_config  # noqa: E402
-
-RESULT = common.RESULTS / "e2e.json"
-PLOT = common.ROOT / "docs" / "e2e_workers.png"
+RESULT = harness.RESULTS / "e2e.json"
+PLOT = harness.ROOT / "docs" / "e2e_workers.png"
 BUCKET = "pdpj-e2e"
 TOKEN = "bench-token"
 PDF, HTML = "application/pdf", "text/html"
@@ -57,6 +56,10 @@ SEED_BATCH = 5
 SEED_PAUSE_S = 1.0
 SEED_PARALLEL = 2
 CHUNK = 64 * 1024
+S3_SPEC_KEYS = ("endpoint_url", "region", "access_key_id", "secret_access_key")
+# Which S3 server each S3 backend runs on (harness.S3_KINDS), and each backend's result key.
+S3_BACKENDS = {"s3": "seaweedfs", "s3-moto": "moto"}
+RESULT_KEYS = {"filesystem": "fs", "s3": "s3", "s3-moto": "s3_moto"}
 
 
 # ---- the workload ----
@@ -99,17 +102,17 @@ class Sandbox:
     """`pdpj-async sandbox` in its own process, with the workload's processes set."""
 
     def __init__(self, root: Path, latency_ms: float) -> None:
-        self.port = common.free_port()
-        self.root_url = f"http://127.0.0.1:{self.port}"
-        self.api = self.root_url + "/api/v2"
-        self.proc = common.sandbox_proc(
-            self.port, TOKEN, latency_ms, root / f"sandbox-{latency_ms:g}.log"
-        )
+        self.log_path = root / f"sandbox-{latency_ms:g}.log"
+        self.latency_ms = latency_ms
+        self.server: harness.Sandbox | None = None
+        self.root_url = self.api = ""
         self.hrefs: dict[str, list[tuple[str, int]]] = {}
 
     async def start(self, plan: dict[str, list[dict[str, Any]]]) -> None:
-        self.proc.start()
-        await common.wait_http(self.root_url + "/_sandbox/stats", self.proc)
+        self.server = await asyncio.to_thread(
+            harness.start_sandbox, TOKEN, self.log_path, self.latency_ms
+        )
+        self.root_url, self.api = self.server.url, self.server.api
         async with aiohttp.ClientSession() as http:
             for number, docs in plan.items():
                 body = {"number": number, "documents": docs}
@@ -123,7 +126,8 @@ class Sandbox:
                 ]
 
     def stop(self) -> None:
-        self.proc.stop(5)
+        if self.server is not None:
+            self.server.stop()
 
 
 # ---- ours: the daemon ----
@@ -186,14 +190,15 @@ async def run_ours(
         key = (await keys.create_key(pool, "e2e", "user", rate_limit_per_s=1e6)).key
     finally:
         await pool.close()
-    port = common.free_port()
+    port = harness.free_port()
     data_dir = ctx.root / f"data-{label or backend}"
-    moto = None
+    s3 = None
     storage: dict[str, Any] = {"backend": "filesystem"}
-    if backend == "s3":
-        moto = common.Moto(ctx.root / "moto.log")
-        await moto.start(BUCKET)
-        storage = common.s3_storage_section(moto.url, BUCKET)
+    if backend in S3_BACKENDS:
+        s3 = await asyncio.to_thread(
+            harness.start_s3, ctx.root / "s3.log", [BUCKET], S3_BACKENDS[backend]
+        )
+        storage = s3.storage_section(BUCKET)
     raw: dict[str, Any] = {
         "daemon": {"data_dir": str(data_dir)},
         "http": {"port": port, "public_url": f"http://127.0.0.1:{port}"},
@@ -201,23 +206,23 @@ async def run_ours(
         "logging": {"format": "json"},
         "pdpj": {"base_url": sandbox.api, "token": TOKEN},
         "storage": storage,
-        "webhooks": {"allow_private_networks": True},
+        "webhooks": {"allowed_networks": ["127.0.0.0/8"], "allowed_ports": []},
     }
     if workers is not None:
         raw["queue"] = {"workers": workers}
     config = decode_config(raw)
-    daemon = common.daemon_proc(config, ctx.root / f"daemon-{label or backend}.log")
+    daemon = harness.daemon_proc(config, ctx.root / f"daemon-{label or backend}.log")
     daemon.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        await common.wait_http(base + "/healthz", daemon)
+        await harness.wait_http(base + "/healthz", daemon)
         ctx.receiver.reset(len(plan))
-        usage = common.Usage(daemon.pid)
+        usage = harness.Usage(daemon.pid)
         usage.start()
         spy = None
         if ctx.args.profile and not label:
             ctx.profiles[backend] = Path(ctx.args.profile) / f"e2e_{backend}.txt"
-            spy = common.py_spy(daemon.pid, ctx.profiles[backend], ctx.args.timeout)
+            spy = harness.py_spy(daemon.pid, ctx.profiles[backend], ctx.args.timeout)
         requested: dict[str, float] = {}
         numbers = list(plan)
         started = time.monotonic()
@@ -264,8 +269,8 @@ async def run_ours(
             "peak_rss_mb": peak_rss,
             "cpu_s": cpu,
             "time_to_last_webhook_s": round(elapsed, 2),
-            "webhook_p50_s": round(common.percentile(latencies, 50), 2),
-            "webhook_p99_s": round(common.percentile(latencies, 99), 2),
+            "webhook_p50_s": round(harness.percentile(latencies, 50), 2),
+            "webhook_p99_s": round(harness.percentile(latencies, 99), 2),
             "processes": len(plan),
             "documents": docs,
             "mb": round(mb, 1),
@@ -274,8 +279,8 @@ async def run_ours(
         }
     finally:
         daemon.stop()
-        if moto is not None:
-            moto.stop()
+        if s3 is not None:
+            s3.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -299,12 +304,13 @@ def _store_s3(spec: dict[str, Any]) -> Any:
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
+    s3 = spec["s3"]
     return get_session().create_client(
         "s3",
-        endpoint_url=spec["s3"],
-        region_name=common.S3_REGION,
-        aws_access_key_id=common.S3_ACCESS_KEY,
-        aws_secret_access_key=common.S3_SECRET_KEY,
+        endpoint_url=s3["endpoint_url"],
+        region_name=s3["region"],
+        aws_access_key_id=s3["access_key_id"],
+        aws_secret_access_key=s3["secret_access_key"],
         config=AioConfig(
             s3={"addressing_style": "path"},
             max_pool_connections=max(10, spec["concurrency"]),
@@ -356,13 +362,14 @@ async def seed_role(spec: dict[str, Any]) -> dict[str, Any]:
         await store(href, await fetch_to_temp(http, href))
 
     async def worker(http: aiohttp.ClientSession) -> None:
-        from pdpj_async.upstream import list_documents
+        from pdpj_async.upstream.parse import list_documents
 
         while queue:
             number = queue.pop(0)
             async with http.get(f"{spec['api']}/processos/{number}") as resp:
                 raw = await resp.json()
-            hrefs = [d.href for d in list_documents(raw[0] if isinstance(raw, list) else raw)]
+            listed = list_documents(raw[0] if isinstance(raw, list) else raw)
+            hrefs = [d.href for d in listed if d.href is not None]
             for start in range(0, len(hrefs), SEED_BATCH):
                 if start:
                     await asyncio.sleep(SEED_PAUSE_S)
@@ -454,19 +461,22 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run seed/limit in a child process; its docs/s, MB/s, peak RSS and CPU."""
-    moto = None
+    s3 = None
     store_dir = ctx.root / f"{role}-objects"
-    if backend == "s3":
-        moto = common.Moto(ctx.root / "moto.log")
-        await moto.start(BUCKET)
-        spec["s3"] = moto.url
+    if backend in S3_BACKENDS:
+        s3 = await asyncio.to_thread(
+            harness.start_s3, ctx.root / "s3.log", [BUCKET], S3_BACKENDS[backend]
+        )
+        # What the child needs to reach it (the spec file is in the scratch directory).
+        section = s3.storage_section(BUCKET)
+        spec["s3"] = {k: section[k] for k in S3_SPEC_KEYS}
     else:
         spec["fs"] = str(store_dir)
     spec_path = ctx.root / f"{role}-spec.json"
     out_path = ctx.root / f"{role}-out.json"
     spec_path.write_text(json.dumps(spec))
-    argv = [sys.executable, "-P", __file__, "--role", role, "--spec", str(spec_path)]
-    child = common.Proc([*argv, "--out", str(out_path)], ctx.root / f"{role}.log")
+    argv = [sys.executable, __file__, "--role", role, "--spec", str(spec_path)]
+    child = harness.Proc([*argv, "--out", str(out_path)], ctx.root / f"{role}.log")
     try:
         child.start()
         while child.alive():
@@ -477,8 +487,8 @@ async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any])
         # The child's own getrusage: exact peak RSS and CPU (psutil cannot read a reaped child).
         peak_rss, cpu = round(out["peak_rss_mb"], 1), round(out["cpu_s"], 2)
     finally:
-        if moto is not None:
-            moto.stop()
+        if s3 is not None:
+            s3.stop()
         shutil.rmtree(store_dir, ignore_errors=True)
     return {
         "docs_per_s": round(out["docs"] / out["seconds"], 1),
@@ -494,7 +504,7 @@ async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any])
 
 
 class Context:
-    def __init__(self, args: argparse.Namespace, root: Path, pg: common.Postgres) -> None:
+    def __init__(self, args: argparse.Namespace, root: Path, pg: harness.Postgres) -> None:
         self.args = args
         self.root = root
         self.pg = pg
@@ -523,7 +533,7 @@ async def compare(ctx: Context, plan: dict[str, Any], sandbox: Sandbox) -> dict[
             ctx, "seed", backend, {"api": sandbox.api, "numbers": seed_numbers, "concurrency": 2}
         )
         print(f"[{backend}] seed: {seed}", flush=True)
-        results["s3" if backend == "s3" else "fs"] = {
+        results[RESULT_KEYS[backend]] = {
             "ours": ours,
             "seed": seed,
             "limit": limit,
@@ -533,7 +543,7 @@ async def compare(ctx: Context, plan: dict[str, Any], sandbox: Sandbox) -> dict[
             },
         }
         if backend in ctx.profiles and ctx.profiles[backend].exists():
-            for frame, inclusive, own in common.top_frames(ctx.profiles[backend], 40):
+            for frame, inclusive, own in harness.top_frames(ctx.profiles[backend], 40):
                 print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
     return results
 
@@ -604,10 +614,8 @@ async def main_run(args: argparse.Namespace) -> None:
         f"{total_bytes(plan) / MB:.0f} MB, {args.large} large",
         flush=True,
     )
-    result: dict[str, Any] = {"machine": common.machine()}
-    with common.workdir("bench-e2e-") as root:
-        pg = common.Postgres(root)
-        pg.start()
+    result: dict[str, Any] = {"machine": harness.machine()}
+    with harness.workdir("bench-e2e-") as root, harness.postgres(root) as pg:
         ctx = Context(args, root, pg)
         await ctx.receiver.start()
         try:
@@ -622,7 +630,6 @@ async def main_run(args: argparse.Namespace) -> None:
                 result["sweep"] = await sweep(ctx)
         finally:
             await ctx.receiver.stop()
-            pg.stop()
     result["workload"] = {
         "processes": args.processes,
         "docs_per_process": args.docs,
@@ -634,10 +641,15 @@ async def main_run(args: argparse.Namespace) -> None:
     }
     print(json.dumps(result, indent=2))
     if not args.no_save:
-        common.RESULTS.mkdir(parents=True, exist_ok=True)
-        RESULT.write_text(json.dumps(result, indent=2) + "\n")
-        if "sweep" in result:
-            plot(result["sweep"], PLOT)
+        save(result, Path(args.out))
+
+
+def save(result: dict[str, Any], out: Path) -> None:
+    """Write the result file; the plot in docs/ goes with the recorded result only."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if "sweep" in result and out.resolve() == RESULT.resolve():
+        plot(result["sweep"], PLOT)
 
 
 def main() -> None:
@@ -650,7 +662,9 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, help="queue.workers for ours and the limit (default: the default)"
     )
-    parser.add_argument("--backends", nargs="+", default=["filesystem", "s3"])
+    parser.add_argument(
+        "--backends", nargs="+", choices=list(RESULT_KEYS), default=["filesystem", "s3"]
+    )
     parser.add_argument("--sweep-processes", type=int, default=40)
     parser.add_argument("--sweep-workers", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--sweep-latencies", type=float, nargs="+", default=[0, 50, 200])
@@ -658,10 +672,10 @@ def main() -> None:
     parser.add_argument("--no-compare", action="store_true")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per daemon run")
     parser.add_argument("--profile", help="py-spy the daemon (ours); collapsed stacks here")
-    parser.add_argument("--no-save", action="store_true", help="do not write bench/results")
+    parser.add_argument("--no-save", action="store_true", help="write no result file")
+    parser.add_argument("--out", default=str(RESULT), help="the result file (and a role's)")
     parser.add_argument("--role", choices=["seed", "limit"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         spec = json.loads(Path(args.spec).read_text())

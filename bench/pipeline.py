@@ -20,13 +20,14 @@ Two more references, to show where a gap comes from (reported, not targets):
 
 Documents of up to 8 MiB go 16 per case, back to back, after one untimed (every method alike):
 one small document alone would time the connection set-up and first calls, not throughput.
-S3 is moto's server in its own process; objects are deleted between cases. Each case also
-reports the CPU seconds the client, the sandbox and moto spent on it. `--runs N` repeats the
-whole matrix; the JSON holds medians, the summary ranges and within-run ratios.
+S3 is the harness's S3 server (bench/harness.py) in its own process: SeaweedFS, a real store,
+or with `--s3-server moto` the mock the older figures were taken on (a second column); objects
+are deleted between cases. Each case also reports the CPU seconds the client, the sandbox and the S3
+server spent on it. `--runs N` repeats the whole matrix; the JSON holds medians, the summary
+ranges and within-run ratios.
 
-    .venv/bin/python -P bench/pipeline.py [--runs 3] [--sizes 1MiB,64MiB,1GiB] [--out ...]
-
-(-P keeps bench/ off sys.path, where bench/queue.py would shadow the stdlib module.)
+    .venv/bin/python bench/pipeline.py [--runs 3] [--sizes 1MiB,64MiB,1GiB] [--out ...]
+                                       [--s3-server seaweedfs|moto]
 """
 
 from __future__ import annotations
@@ -39,16 +40,16 @@ import os
 import platform
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+
+import harness
 
 MIB = 1024 * 1024
 SIZES = {"1MiB": MIB, "64MiB": 64 * MIB, "1GiB": 1024 * MIB}
@@ -60,55 +61,16 @@ SMALL_COUNT = 16
 NUMBER = "10117457720258110041"
 TOKEN = "bench-token"
 BUCKET = "bench"
-ACCESS = "bench"
-SECRET = "bench-secret"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = harness.ROOT
+# The driver hands each case its [storage] section here (S3 credentials stay off argv).
+STORAGE_ENV = "BENCH_STORAGE"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-@contextmanager
-def service(argv: list[str], probe: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_http(probe)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
-
-
-def storage_section(backend: str, s3_url: str, root: str) -> dict[str, Any]:
+def storage_section(backend: str, s3: harness.S3Server | None, root: str) -> dict[str, Any]:
+    """The [storage] section of a case: the bucket on the S3 server, or a filesystem root."""
     if backend == "s3":
-        return {
-            "backend": "s3",
-            "endpoint_url": s3_url,
-            "bucket": BUCKET,
-            "access_key_id": ACCESS,
-            "secret_access_key": SECRET,
-            "addressing_style": "path",
-        }
+        assert s3 is not None, "an S3 case needs the S3 server"
+        return s3.storage_section(BUCKET)
     return {"backend": "filesystem", "root": root}
 
 
@@ -120,18 +82,18 @@ async def run_case(args: argparse.Namespace) -> dict[str, float]:
 
     from pdpj_async.config import decode_config
     from pdpj_async.pipeline import Downloader
-    from pdpj_async.sandbox_data import document_chunks
+    from pdpj_async.queue.workers import Gate
+    from pdpj_async.sandbox.data import document_chunks
     from pdpj_async.storage import create_storage
-    from pdpj_async.storage_fs import FilesystemStorage
-    from pdpj_async.tokens import TokenProvider
-    from pdpj_async.upstream import PdpjClient
-    from pdpj_async.workers import Gate
+    from pdpj_async.storage.fs import FilesystemStorage
+    from pdpj_async.upstream.client import PdpjClient
+    from pdpj_async.upstream.tokens import TokenProvider
 
     config = decode_config(
         {
             "daemon": {"data_dir": args.data_dir},
             "pdpj": {"base_url": args.sandbox + "/api/v2", "token": TOKEN},
-            "storage": storage_section(args.backend, args.s3, args.root),
+            "storage": json.loads(os.environ[STORAGE_ENV]),
         }
     )
     store = await create_storage(config.storage, Path(args.data_dir))
@@ -244,7 +206,7 @@ async def put_whole(store: Any, key: str, data: bytes) -> None:
     """One PUT of bytes held in memory (S3), or one write + fsync (filesystem)."""
     # Not `import S3Storage` here: on the filesystem that would load botocore inside the
     # timed region (~90 ms).
-    from pdpj_async.storage_fs import FilesystemStorage
+    from pdpj_async.storage.fs import FilesystemStorage
 
     if not isinstance(store, FilesystemStorage):
         await store.client.put_object(Bucket=BUCKET, Key=key, Body=data)
@@ -264,7 +226,7 @@ async def put_whole(store: Any, key: str, data: bytes) -> None:
 async def put_multipart(store: Any, key: str, data: bytes, config: Any) -> float:
     """The same bytes multipart from memory (S3 only): parts of `part_size`, `parts_in_flight`
     at once, then CompleteMultipartUpload; returns the seconds the completion took."""
-    from pdpj_async.storage_fs import FilesystemStorage
+    from pdpj_async.storage.fs import FilesystemStorage
 
     if isinstance(store, FilesystemStorage):
         await put_whole(store, key, data)
@@ -295,15 +257,15 @@ async def put_multipart(store: Any, key: str, data: bytes, config: Any) -> float
 
 
 def run_child(args: argparse.Namespace, backend: str, method: str, uuid: str, size: int,
-              sha256: str, s3_url: str, root: str, data_dir: str) -> dict[str, float]:  # fmt: skip
+              sha256: str, storage: dict[str, Any], data_dir: str) -> dict[str, float]:  # fmt: skip
     argv = [
-        sys.executable, "-P", __file__, "--child", "--method", method, "--backend", backend,
+        sys.executable, __file__, "--child", "--method", method, "--backend", backend,
         "--uuid", uuid, "--size", str(size), "--sha256", sha256, "--sandbox", args.sandbox,
-        "--s3", s3_url, "--root", root, "--data-dir", data_dir,
+        "--data-dir", data_dir,
         "--count", str(SMALL_COUNT if size <= SMALL_MAX else 1),
         "--concurrency", str(args.small_concurrency),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, STORAGE_ENV: json.dumps(storage)}
     out = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{backend}/{method}/{size} failed:\n{out.stderr[-3000:]}")
@@ -332,9 +294,10 @@ def line(backend: str, name: str, method: str, figures: dict[str, float]) -> str
     text = (
         f"{backend:3} {name:6} {method:8} {figures['mb_per_s']:8.1f} MB/s "
         f"{figures['peak_rss_mb']:7.1f} MB peak RSS {figures['seconds']:7.2f} s  "
-        f"cpu s: client {figures['cpu_client_s']:.2f} sandbox {figures['cpu_sandbox_s']:.2f} "
-        f"moto {figures['cpu_moto_s']:.2f}"
+        f"cpu s: client {figures['cpu_client_s']:.2f} sandbox {figures['cpu_sandbox_s']:.2f}"
     )
+    if "cpu_s3_s" in figures:
+        text += f" s3 {figures['cpu_s3_s']:.2f}"
     if "complete_s" in figures:
         text += f"  complete {figures['complete_s']:.2f} s"
     return text
@@ -393,6 +356,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--backends", default="s3,fs")
+    parser.add_argument("--s3-server", choices=harness.S3_KINDS, default="seaweedfs")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole matrix")
     parser.add_argument(
@@ -401,8 +365,8 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench/results/pipeline.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("method", "backend", "uuid", "size", "sha256", "sandbox", "s3", "root",
-                 "data-dir", "count", "concurrency"):  # fmt: skip
+    for name in ("method", "backend", "uuid", "size", "sha256", "sandbox", "data-dir", "count",
+                 "concurrency"):  # fmt: skip
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -413,31 +377,27 @@ def main() -> int:
 
     import urllib.request
 
-    import boto3
     import msgspec
     import psutil
 
-    from pdpj_async.sandbox_data import document_sha256
+    from pdpj_async.sandbox.data import document_sha256
 
     sizes = {name: SIZES[name] for name in args.sizes.split(",")}
-    sandbox_port, s3_port = free_port(), free_port()
-    args.sandbox = f"http://127.0.0.1:{sandbox_port}"
-    s3_url = f"http://127.0.0.1:{s3_port}"
-    sandbox_argv = [sys.executable, "-m", "pdpj_async", "sandbox", "--port", str(sandbox_port),
-                    "--token", TOKEN]  # fmt: skip
-    moto_argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)]
+    backends = args.backends.split(",")
     runs: list[Results] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="pdpj-bench-") as tmp,
-        service(sandbox_argv, args.sandbox + "/_sandbox/stats") as sandbox_proc,
-        service(moto_argv, s3_url) as moto_proc,
-    ):
+    with tempfile.TemporaryDirectory(prefix="pdpj-bench-") as tmp, ExitStack() as services:
+        sandbox = services.enter_context(harness.sandbox(TOKEN))
+        args.sandbox = sandbox.url
+        s3_server = (
+            services.enter_context(harness.s3(None, [BUCKET], args.s3_server))
+            if "s3" in backends
+            else None
+        )
         # CPU seconds the servers spend on each case: load-independent evidence of where
-        # the work goes (moto's multipart costs more than its single PUT).
-        servers = {
-            "sandbox": psutil.Process(sandbox_proc.pid),
-            "moto": psutil.Process(moto_proc.pid),
-        }
+        # the work goes (a store's multipart can cost more than its single PUT: moto's does).
+        servers = {"sandbox": psutil.Process(sandbox.pid)}
+        if s3_server is not None:
+            servers["s3"] = psutil.Process(s3_server.pid)
         docs = [{"size": size, "name": f"doc-{name}.pdf"} for name, size in sizes.items()]
         request = urllib.request.Request(
             args.sandbox + "/_sandbox/processes",
@@ -446,17 +406,13 @@ def main() -> int:
         )
         with urllib.request.urlopen(request) as resp:
             served = json.loads(resp.read())["documents"]
-        s3 = boto3.client(
-            "s3", endpoint_url=s3_url, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        )  # fmt: skip
-        s3.create_bucket(Bucket=BUCKET)
+        s3 = s3_server.client() if s3_server is not None else None
         root, data_dir = Path(tmp, "objects"), Path(tmp, "data")
         data_dir.mkdir()
         for run in range(args.runs):
             print(f"--- run {run + 1} of {args.runs}, load average {os.getloadavg()}", flush=True)
             results: Results = {}
-            for backend in args.backends.split(","):
+            for backend in backends:
                 results[backend] = {}
                 for (name, size), doc in zip(sizes.items(), served, strict=True):
                     sha256 = document_sha256(doc["uuid"], size, "application/pdf")
@@ -466,8 +422,9 @@ def main() -> int:
                             continue  # multipart is S3's
                         clear(backend, s3, root)
                         before = {n: sum(p.cpu_times()[:2]) for n, p in servers.items()}
+                        storage = storage_section(backend, s3_server, str(root))
                         figures = run_child(args, backend, method, doc["uuid"], size, sha256,
-                                            s3_url, str(root), str(data_dir))  # fmt: skip
+                                            storage, str(data_dir))  # fmt: skip
                         for n, p in servers.items():
                             figures[f"cpu_{n}_s"] = round(sum(p.cpu_times()[:2]) - before[n], 2)
                         results[backend][name][method] = figures
@@ -476,7 +433,7 @@ def main() -> int:
             runs.append(results)
     report, text = summarise(runs)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"--- medians of {len(runs)} run(s) [min-max]")
+    print(f"--- medians of {len(runs)} run(s) [min-max], S3 server: {args.s3_server}")
     print("\n".join(text))
     print("python", platform.python_version(), "cpus", os.cpu_count())
     return 0

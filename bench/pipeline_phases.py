@@ -1,12 +1,13 @@
 """Where one document's time goes: the phases of ours against the download alone.
 
-For one size and backend, with the sandbox PDPJ (and moto, for S3) in their own processes,
-each round downloads the document alone (hashed, bytes discarded) and then through the
-storage writer, timing: the response's first bytes, the body (and, within it, how long the
-writes waited for the store), and the commit. Medians over the rounds, the first two being
+For one size and backend, with the sandbox PDPJ (and the harness's S3 server, for S3) in their
+own processes, each round downloads the document alone (hashed, bytes discarded) and then
+through the storage writer, timing: the response's first bytes, the body (and, within it, how
+long the writes waited for the store), and the commit. Medians over the rounds, the first two being
 warm-up. A probe for finding a gap, not a target: `bench/pipeline.py` makes the figures.
 
-    .venv/bin/python -P bench/pipeline_phases.py [--backend fs|s3] [--size-mib 64] [--rounds 8]
+    .venv/bin/python bench/pipeline_phases.py [--backend fs|s3] [--size-mib 64] [--rounds 8]
+                                              [--s3-server seaweedfs|moto]
 """
 
 from __future__ import annotations
@@ -15,34 +16,17 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import importlib.util
 import json
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import harness
 import msgspec
-
-# bench/ is not a package, and on sys.path its queue.py would shadow the standard library's.
-_spec = importlib.util.spec_from_file_location(
-    "bench_pipeline", Path(__file__).with_name("pipeline.py")
-)
-assert _spec is not None and _spec.loader is not None
-_pipeline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_pipeline)
-ACCESS, BUCKET, NUMBER, ROOT = _pipeline.ACCESS, _pipeline.BUCKET, _pipeline.NUMBER, _pipeline.ROOT
-SECRET, TOKEN = _pipeline.SECRET, _pipeline.TOKEN
-free_port, service, storage_section = (
-    _pipeline.free_port,
-    _pipeline.service,
-    _pipeline.storage_section,
-)
-
-sys.path.insert(0, str(ROOT))
+from pipeline import BUCKET, NUMBER, TOKEN, storage_section
 
 
 def register(sandbox: str, size: int) -> dict[str, Any]:
@@ -60,12 +44,16 @@ def register(sandbox: str, size: int) -> dict[str, Any]:
 
 
 async def rounds(
-    args: argparse.Namespace, doc: dict[str, Any], sandbox: str, s3: str, tmp: str
+    args: argparse.Namespace,
+    doc: dict[str, Any],
+    sandbox: str,
+    s3: harness.S3Server | None,
+    tmp: str,
 ) -> list[dict[str, float]]:
     from pdpj_async.config import decode_config
     from pdpj_async.storage import create_storage
-    from pdpj_async.tokens import TokenProvider
-    from pdpj_async.upstream import PdpjClient
+    from pdpj_async.upstream.client import PdpjClient
+    from pdpj_async.upstream.tokens import TokenProvider
 
     size = args.size_mib * 1024 * 1024
     href = f"/processos/{NUMBER}/documentos/{doc['uuid']}/binario"
@@ -125,31 +113,23 @@ def main() -> int:
     parser.add_argument("--backend", choices=("fs", "s3"), default="fs")
     parser.add_argument("--size-mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--s3-server", choices=harness.S3_KINDS, default="seaweedfs")
     args = parser.parse_args()
-    sandbox_port, s3_port = free_port(), free_port()
-    sandbox, s3 = f"http://127.0.0.1:{sandbox_port}", f"http://127.0.0.1:{s3_port}"
-    sandbox_argv = [sys.executable, "-m", "pdpj_async", "sandbox", "--port", str(sandbox_port),
-                    "--token", TOKEN]  # fmt: skip
-    moto_argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)]
     with (
         tempfile.TemporaryDirectory(prefix="pdpj-phases-") as tmp,
-        service(sandbox_argv, sandbox + "/_sandbox/stats"),
-        service(moto_argv, s3) if args.backend == "s3" else contextlib.nullcontext(),
+        harness.sandbox(TOKEN) as sandbox,
+        harness.s3(None, [BUCKET], args.s3_server)
+        if args.backend == "s3"
+        else contextlib.nullcontext() as s3,
     ):
-        if args.backend == "s3":
-            import boto3
-
-            boto3.client(
-                "s3", endpoint_url=s3, aws_access_key_id=ACCESS, aws_secret_access_key=SECRET,
-                region_name="us-east-1",
-            ).create_bucket(Bucket=BUCKET)  # fmt: skip
-        doc = register(sandbox, args.size_mib * 1024 * 1024)
-        found = asyncio.run(rounds(args, doc, sandbox, s3, tmp))
+        doc = register(sandbox.url, args.size_mib * 1024 * 1024)
+        found = asyncio.run(rounds(args, doc, sandbox.url, s3, tmp))
     medians: dict[str, Any] = {
         k: round(statistics.median(r[k] for r in found), 2) for k in found[0]
     }
     mb = args.size_mib * 1024 * 1024 / 1e6
-    print(f"{args.backend} {args.size_mib} MiB, medians of {len(found)} rounds (ms):")
+    server = f" on {args.s3_server}" if args.backend == "s3" else ""
+    print(f"{args.backend}{server} {args.size_mib} MiB, medians of {len(found)} rounds (ms):")
     print("  " + "  ".join(f"{k} {v}" for k, v in medians.items()))
     print(f"  ours {mb / medians['ours_ms'] * 1e3:.0f} MB/s, download alone "
           f"{mb / medians['download_ms'] * 1e3:.0f} MB/s")  # fmt: skip

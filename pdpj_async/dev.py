@@ -15,7 +15,8 @@ from . import daemon, db, keys
 from .config import Config, resolved_data_dir
 from .errors import AuthError
 from .logs import get_logger
-from .sandbox import SandboxSettings, create_sandbox_app
+from .sandbox.app import SandboxSettings, create_sandbox_app
+from .storage.local_s3 import LocalS3
 
 log = get_logger(__name__)
 
@@ -37,28 +38,12 @@ async def _start_sandbox(port: int, token: str) -> web.AppRunner:
     return runner
 
 
-def _start_moto(port: int) -> Any:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+def _start_s3(data_dir: Path, port: int, bucket: str) -> LocalS3:
+    """SeaweedFS under `{data_dir}/s3`, with the bucket, answering on 127.0.0.1:`port`."""
+    server = LocalS3(data_dir / "s3", port=port, buckets=[bucket])
+    # Blocking for the second or two it takes, before anything else is served.
     server.start()
     return server
-
-
-async def _create_bucket(storage: Any) -> None:
-    from aiobotocore.session import get_session
-
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=storage.endpoint_url,
-        region_name=storage.region,
-        aws_access_key_id=storage.access_key_id,
-        aws_secret_access_key=storage.secret_access_key,
-    ) as client:
-        await client.create_bucket(Bucket=storage.bucket)
 
 
 async def _admin_key(config: Config, path: Path) -> str:
@@ -112,27 +97,36 @@ def quickstart(url: str, key_file: str) -> str:
 
 
 async def run(config: Config, *, sandbox_port: int, s3_port: int | None) -> int:
-    """Start the sandbox (and moto), point the daemon at them, print a key and commands, serve."""
+    """Start the sandbox (and SeaweedFS), point the daemon at them, print a key and commands,
+    serve."""
     data_dir = resolved_data_dir(config)
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     token = "dev-" + secrets.token_urlsafe(16)
-    sandbox = await _start_sandbox(sandbox_port, token)
-    moto = _start_moto(s3_port) if s3_port else None
     storage = config.storage
-    if moto is not None:
+    local_s3 = _start_s3(data_dir, s3_port, storage.bucket) if s3_port else None
+    if local_s3 is not None:
+        # The rest of the S3 settings (part sizes, URL lifetime) stay as configured.
         storage = _replace(
             storage,
             backend="s3",
-            endpoint_url=f"http://127.0.0.1:{s3_port}",
-            access_key_id="dev",
-            secret_access_key="dev-secret",  # noqa: S106 - moto accepts any credentials
+            endpoint_url=local_s3.endpoint_url,
+            region=local_s3.region,
+            access_key_id=local_s3.access_key_id,
+            secret_access_key=local_s3.secret_access_key,
             addressing_style="path",
         )
-        await _create_bucket(storage)
+    sandbox = await _start_sandbox(sandbox_port, token)
     config = _replace(
         config,
         pdpj=_replace(config.pdpj, base_url=f"http://127.0.0.1:{sandbox_port}/api/v2", token=token),
-        webhooks=_replace(config.webhooks, allow_private_networks=True),
+        # The demo's receiver is this daemon itself, on loopback at a port of its own choosing.
+        webhooks=_replace(
+            config.webhooks,
+            allow_private_networks=True,
+            allowed_networks=[*config.webhooks.allowed_networks, "127.0.0.0/8", "::1/128"],
+            allowed_ports=[],
+            test_receiver=True,
+        ),
         storage=storage,
     )
     key_path = data_dir / KEY_FILE
@@ -141,11 +135,13 @@ async def run(config: Config, *, sandbox_port: int, s3_port: int | None) -> int:
         shown = str(Path(config.daemon.data_dir) / KEY_FILE)
         url = f"http://{config.http.host}:{config.http.port}"
 
+        where = f" on SeaweedFS at {local_s3.endpoint_url}" if local_s3 is not None else ""
+
         def banner() -> None:
             text = quickstart(url, shown)
             sys.stdout.write(
                 f"\npdpj-async is running at {url} (sandbox PDPJ at port {sandbox_port}, "
-                f"storage: {config.storage.backend}).\n"
+                f"storage: {config.storage.backend}{where}).\n"
                 f"Admin key saved in {shown}. Try:\n\n{text}\n\n"
             )
             sys.stdout.flush()
@@ -153,5 +149,5 @@ async def run(config: Config, *, sandbox_port: int, s3_port: int | None) -> int:
         return await daemon.serve(config, on_ready=banner)
     finally:
         await sandbox.cleanup()
-        if moto is not None:
-            moto.stop()
+        if local_s3 is not None:
+            await asyncio.to_thread(local_s3.stop)

@@ -1,4 +1,4 @@
-"""S3: a body of known size goes as one PutObject streamed while it arrives (moto server).
+"""S3: a body of known size goes as one PutObject streamed while it arrives (SeaweedFS, moto).
 
 What a user would notice: the object lands whole with its hash and metadata, through one
 PUT and no multipart upload; nothing is visible before commit; a body cut short by an
@@ -26,18 +26,20 @@ from pdpj_async.app import create_app
 from pdpj_async.config import PdpjConfig, StorageConfig
 from pdpj_async.errors import ConfigError, ContentMismatch, StorageError
 from pdpj_async.storage import StoredObject, content_disposition, create_storage
-from pdpj_async.storage_s3 import S3Storage
+from pdpj_async.storage.s3 import S3Storage
 from tests.fixtures.app import Keys, Stack, stack_config
-from tests.fixtures.s3 import S3Bucket, with_changes
+from tests.fixtures.s3 import S3Bucket, S3Server, with_changes
 from tests.fixtures.sandbox import Sandbox
 from tests.system.harness import audit_end_state, make_number
 from tests.system.test_storage_faults import FaultyS3
 from tests.test_storage import CHUNK, KEY, NUMBER, PART, UUID, body, store
 
+pytestmark = pytest.mark.s3_matrix
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
 MULTIPART_CALLS = {"CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"}
-# Long enough for moto to have handled (and refused) a request cut short.
+# Long enough for the store to have handled (and refused) a request cut short.
 SETTLE_S = 0.5
 
 
@@ -254,6 +256,7 @@ async def dropping_store(aiohttp_server: Any) -> AsyncIterator[str]:
     yield str(server.make_url("")).rstrip("/")
 
 
+@pytest.mark.s3_matrix(kinds=["seaweedfs"])  # the S3 server plays no part
 async def test_store_dropping_the_connection_mid_stream_fails_the_write(
     s3_config: StorageConfig, dropping_store: str, tmp_path: Path
 ) -> None:
@@ -270,11 +273,12 @@ async def test_store_dropping_the_connection_mid_stream_fails_the_write(
         await storage.close()
 
 
+@pytest.mark.s3_matrix(kinds=["seaweedfs"])  # the whole daemon: once is enough
 async def test_streamed_puts_under_store_faults_end_whole_and_leave_nothing(
     aiohttp_client: Any,
     aiohttp_server: Any,
     unused_tcp_port_factory: Any,
-    moto_server: str,
+    s3_server: S3Server,
     db_dsn: str,
     tmp_path: Path,
     sandbox: Sandbox,
@@ -285,7 +289,7 @@ async def test_streamed_puts_under_store_faults_end_whole_and_leave_nothing(
     api_keys: Keys,
 ) -> None:
     # The whole daemon, its store behind a proxy that fails, drops or stalls some PUTs.
-    proxy = FaultyS3(moto_server)
+    proxy = FaultyS3(s3_server.endpoint_url)
     await proxy.start(aiohttp_server)
     number = make_number(7802)
     sizes = [PART + 1 + i for i in range(4)]
@@ -368,6 +372,7 @@ async def test_killed_process_mid_stream_leaves_no_object(
     assert s3_bucket.open_uploads() == []
 
 
+@pytest.mark.s3_matrix(kinds=["seaweedfs"])  # the S3 server plays no part
 async def test_single_put_limit_above_5_gib_is_refused(
     s3_config: StorageConfig, tmp_path: Path
 ) -> None:

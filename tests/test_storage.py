@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import random
 import unicodedata
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from pdpj_async.storage import (
     object_key,
     safe_name,
 )
-from pdpj_async.storage_fs import FilesystemStorage, load_meta
-from tests.fixtures.s3 import S3Bucket
+from pdpj_async.storage.fs import FilesystemStorage, load_meta
+from tests.fixtures.s3 import S3Bucket, bucket_config, new_bucket, release_bucket
 
 PART = MIN_PART_SIZE
 CHUNK = 64 * 1024
@@ -111,14 +111,24 @@ def _fs_backend(storage: FilesystemStorage) -> Backend:
     return Backend(storage, read, keys, leftovers)
 
 
-@pytest.fixture(params=["s3", "filesystem"])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    """Each test runs against both backends."""
-    if request.param == "s3":
-        return _s3_backend(
-            request.getfixturevalue("s3_storage"), request.getfixturevalue("s3_bucket")
-        )
-    return _fs_backend(request.getfixturevalue("fs_storage"))
+@pytest.fixture(params=["seaweedfs", "moto", "filesystem"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each test runs against both backends, S3 on both servers of the compatibility matrix."""
+    if request.param == "filesystem":
+        fs_storage = await create_storage(request.getfixturevalue("fs_config"), tmp_path / "data")
+        assert isinstance(fs_storage, FilesystemStorage)
+        try:
+            yield _fs_backend(fs_storage)
+        finally:
+            await fs_storage.close()
+        return
+    bucket = new_bucket(request.getfixturevalue(f"{request.param}_server"))
+    storage = await create_storage(bucket_config(bucket), tmp_path / "data")
+    try:
+        yield _s3_backend(storage, bucket)
+    finally:
+        await storage.close()
+        release_bucket(bucket)
 
 
 KEY = object_key("", NUMBER, UUID, "Petição inicial.pdf")

@@ -16,16 +16,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from pdpj_async import state, storage_fs
 from pdpj_async.config import StorageConfig
-from pdpj_async.middleware import api_middleware
-from pdpj_async.storage import content_disposition, create_storage, object_key
-from pdpj_async.storage_fs import (
+from pdpj_async.errors import ConfigError, StorageError
+from pdpj_async.server import appkeys
+from pdpj_async.server.files import setup_routes
+from pdpj_async.server.middleware import api_middleware
+from pdpj_async.storage import content_disposition, create_storage, fs, object_key
+from pdpj_async.storage.fs import (
     SIGNING_KEY_FILE,
     WRITE_BATCH,
     FilesystemStorage,
     load_meta,
-    setup_routes,
 )
 from tests.fixtures.s3 import with_changes
 from tests.test_storage import KEY, NUMBER, UUID, body, store
@@ -37,7 +38,7 @@ async def files(aiohttp_client: Any, fs_storage: FilesystemStorage) -> TestClien
     app = web.Application(middlewares=[api_middleware])
     # As the daemon does: the route is mounted first, the store set at startup.
     setup_routes(app)
-    app[state.STORAGE] = fs_storage
+    app[appkeys.STORAGE] = fs_storage
     client: TestClient[Any, Any] = await aiohttp_client(app)
     return client
 
@@ -128,7 +129,7 @@ async def test_every_directory_made_for_an_object_is_fsynced_after_its_rename(
     database calls available must not lose its path. A power cut cannot run here, so the test
     watches which directories are flushed, and in which order."""
     synced: list[Path] = []
-    real = storage_fs._fsync_dir
+    real = fs._fsync_dir
 
     def spy(path: Path) -> None:
         synced.append(path)
@@ -137,7 +138,7 @@ async def test_every_directory_made_for_an_object_is_fsynced_after_its_rename(
     def unsupported(*_args: object) -> None:
         raise OSError(errno.ENOTSUP, "Operation not supported")
 
-    monkeypatch.setattr(storage_fs, "_fsync_dir", spy)
+    monkeypatch.setattr(fs, "_fsync_dir", spy)
     if not xattrs:
         monkeypatch.setattr(os, "setxattr", unsupported)
     root = fs_storage.root
@@ -218,8 +219,6 @@ async def test_traversal_is_refused_even_when_signed(
 
 
 async def test_writer_refuses_keys_outside_the_root(fs_storage: FilesystemStorage) -> None:
-    from pdpj_async.errors import StorageError
-
     for key in ["../x.pdf", "/etc/passwd", "a//b", "a/.hidden", "a\\b"]:
         with pytest.raises(StorageError):
             await fs_storage.open_writer(key, content_type="x/y", filename="x", metadata={})
@@ -247,6 +246,76 @@ async def test_signing_key_is_generated_once_and_private(
 
     configured = await create_storage(with_changes(fs_config, signing_key="k" * 32), data_dir)
     assert configured.download_url(KEY, ttl_s=60) != url
+
+
+@pytest.mark.parametrize("content", [b"", b"short-key\n", b"x" * 31])
+async def test_a_signing_key_file_shorter_than_32_bytes_is_refused_naming_file_and_setting(
+    fs_config: StorageConfig, tmp_path: Path, content: bytes
+) -> None:
+    """A key file left empty by a crash, or written by hand too short, would sign links
+    anyone could forge: the store refuses to start and says what to do."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / SIGNING_KEY_FILE).write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        await create_storage(fs_config, data_dir)
+    message = str(refused.value)
+    assert str(data_dir / SIGNING_KEY_FILE) in message
+    assert "storage.signing_key" in message and "32" in message
+
+
+async def test_a_configured_signing_key_shorter_than_32_bytes_is_refused(
+    fs_config: StorageConfig, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"storage\.signing_key: .*32"):
+        await create_storage(with_changes(fs_config, signing_key="k" * 31), tmp_path / "data")
+
+
+async def test_a_crash_while_writing_the_signing_key_leaves_no_key_file(
+    fs_config: StorageConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key appears whole or not at all: a failed write (here its fsync, as on a full disk)
+    leaves no file under the key's name and no temp file, and the next start makes a key."""
+    data_dir = tmp_path / "data"
+
+    def full_disk(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", full_disk)
+        with pytest.raises(StorageError, match="No space"):
+            await create_storage(fs_config, data_dir)
+    assert sorted(p.name for p in data_dir.iterdir()) == []
+
+    storage = await create_storage(fs_config, data_dir)
+    assert isinstance(storage, FilesystemStorage)
+    assert len((data_dir / SIGNING_KEY_FILE).read_bytes().strip()) >= 32
+    await storage.close()
+
+
+@pytest.mark.parametrize(
+    ("expires", "sig"),
+    [
+        ("\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669\u0660", "ab" * 32),
+        ("\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19\uff10", "ab" * 32),
+        ("9" * 400, "ab" * 32),
+        ("99999999999", "é" * 64),
+        ("99999999999", "\u00a0" + "a" * 63),
+        ("99999999999", "a" * 5000),
+    ],
+    ids=["arabic-digits", "fullwidth-digits", "long-expires", "non-ascii-sig", "nbsp-sig",
+         "long-sig"],
+)  # fmt: skip
+async def test_malformed_expires_or_sig_is_a_403_problem_not_a_500(
+    fs_storage: FilesystemStorage, files: TestClient[Any, Any], expires: str, sig: str
+) -> None:
+    await store(fs_storage, KEY, b"%PDF-1.7")
+    response = await files.get(f"/files/{quote(KEY)}?expires={quote(expires)}&sig={quote(sig)}")
+    assert response.status == 403
+    assert response.content_type == "application/problem+json"
+    problem = await response.json()
+    assert problem["status"] == 403 and "signature" in problem["detail"]
+    assert b"%PDF" not in await response.read()
 
 
 async def test_sweep_removes_old_temp_files_and_spares_young_ones(

@@ -1,9 +1,11 @@
-"""The S3 backend against a real S3 protocol server (moto), through aiobotocore."""
+"""The S3 backend through aiobotocore, on SeaweedFS and on moto (the compatibility matrix)."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -14,11 +16,14 @@ from botocore.config import Config as BotoConfig
 
 from pdpj_async.config import StorageConfig
 from pdpj_async.errors import StorageError
-from pdpj_async.presign import Presigner
 from pdpj_async.storage import Storage, content_disposition, create_storage
-from pdpj_async.storage_s3 import S3Storage
+from pdpj_async.storage.presign import Presigner
+from pdpj_async.storage.s3 import S3Storage
+from pdpj_async.storage.s3_signing import KNOWN_PAYLOAD_SIGNER, KnownPayloadAuth
 from tests.fixtures.s3 import SECRET_KEY, S3Bucket, with_changes
 from tests.test_storage import KEY, PART, body, store
+
+pytestmark = pytest.mark.s3_matrix
 
 FROZEN = datetime.datetime(2026, 3, 14, 15, 9, 26)
 TRICKY_KEYS = [
@@ -28,6 +33,8 @@ TRICKY_KEYS = [
 ]
 
 
+# Our signer against botocore's: the same on any server, so on one.
+@pytest.mark.s3_matrix(kinds=["seaweedfs"])
 @pytest.mark.parametrize("key", TRICKY_KEYS)
 @pytest.mark.parametrize("filename", [None, "Decisão final.pdf"])
 async def test_presigned_url_is_byte_for_byte_botocores(
@@ -161,6 +168,37 @@ async def test_check_reports_a_missing_bucket(s3_config: StorageConfig, tmp_path
         await storage.close()
     assert reason is not None and "HeadBucket" in reason
     assert SECRET_KEY not in reason
+
+
+async def test_check_reports_wrong_credentials_without_the_secret(
+    s3_config: StorageConfig, s3_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if s3_kind == "moto":
+        # docs/S3.md: moto accepts any signature, so only a real store can show this.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="moto checks no signature"))
+    wrong = with_changes(s3_config, secret_access_key="not-" + SECRET_KEY, max_attempts=1)
+    storage = await create_storage(wrong, tmp_path)
+    try:
+        reason = await storage.check()
+        with pytest.raises(StorageError, match="HeadObject"):
+            await storage.head(KEY)
+    finally:
+        await storage.close()
+    assert reason is not None and "HeadBucket" in reason and "403" in reason
+    assert "not-" + SECRET_KEY not in reason
+
+
+def test_importing_the_s3_backend_changes_nothing_in_botocore() -> None:
+    """The buffered PUT's signer joins botocore's table when a store is created, not before."""
+    code = (
+        "import botocore.auth, pdpj_async.storage.s3\n"
+        f"assert {KNOWN_PAYLOAD_SIGNER!r} not in botocore.auth.AUTH_TYPE_MAPS"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_creating_a_store_registers_its_signer(s3_storage: S3Storage) -> None:
+    assert botocore.auth.AUTH_TYPE_MAPS[KNOWN_PAYLOAD_SIGNER] is KnownPayloadAuth
 
 
 async def test_unreachable_endpoint_is_a_storage_error(

@@ -9,7 +9,8 @@ both, and the rename moves them together. On a filesystem without user extended 
 (or with no room for this one) they go to a sidecar under `{root}/.meta/` instead, written and
 fsynced the same way and renamed just before the object. Keys whose segments start with a dot
 are refused, which keeps temp files and sidecars unreachable. The daemon serves downloads
-itself with sendfile on `/files/{key}?expires=&sig=` (see `setup_routes`).
+itself with sendfile on `/files/{key}?expires=&sig=` (`open_link` checks a link; the route is
+the HTTP layer's, in `server/files.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import errno
 import functools
 import hashlib
 import hmac
@@ -32,18 +32,19 @@ from typing import IO, Any, Self, TypeVar
 from urllib.parse import quote
 
 import msgspec
-from aiohttp import web
 
-from . import problems, state
-from .config import StorageConfig
-from .errors import StorageError
-from .logs import get_logger
+from ..config import StorageConfig
+from ..errors import ConfigError, InvalidLink, NotFound, StorageError
+from ..logs import get_logger
+from . import StoredObject, WriterBase
+from .fs_meta import FsMeta, attach_meta, encode_meta, load_meta
 from .presign import quote_key
-from .storage import StoredObject, WriterBase, content_disposition
 
 log = get_logger(__name__)
 
 SIGNING_KEY_FILE = "storage-signing.key"
+# HMAC-SHA256 keys shorter than its block of entropy make links guessable offline.
+MIN_SIGNING_KEY_BYTES = 32
 META_DIR = ".meta"
 TMP_SUFFIX = ".tmp"
 ROUTE_PREFIX = "/files/"
@@ -54,25 +55,7 @@ WRITE_BATCH = 1024 * 1024
 # download workers on 2 cores that was 6 threads, and commits queued behind each other.
 IO_THREADS = 64
 
-META_XATTR = "user.pdpj.meta"
-# setxattr's answers where the filesystem has no user extended attributes, or no room for ours.
-_NO_XATTR = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.E2BIG, errno.ENOSPC, errno.ERANGE})
-
 _T = TypeVar("_T")
-
-
-class FsMeta(msgspec.Struct, frozen=True, kw_only=True):
-    """The sidecar of an object."""
-
-    content_type: str
-    filename: str
-    size: int
-    sha256: str
-    metadata: dict[str, str] = {}
-
-
-_encode_meta = msgspec.json.Encoder().encode
-_decode_meta = msgspec.json.Decoder(FsMeta).decode
 
 
 @functools.lru_cache(maxsize=8192)
@@ -114,47 +97,49 @@ def _write_synced(path: Path, data: bytes) -> tuple[Path, list[Path]]:
     return tmp, grown
 
 
-def _attach_meta(fd: int, data: bytes) -> bool:
-    """The metadata in the file's own extended attribute; False where that is not possible."""
-    try:
-        os.setxattr(fd, META_XATTR, data)
-    except OSError as exc:
-        if exc.errno in _NO_XATTR:
-            return False
-        raise
-    return True
-
-
-def load_meta(path: Path, sidecar: Path) -> FsMeta | None:
-    """The metadata of the object at `path` (attribute, else sidecar); None when absent."""
-    try:
-        return _decode_meta(os.getxattr(path, META_XATTR))
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno not in _NO_XATTR | {errno.ENODATA}:
-            raise
-    try:
-        return _decode_meta(sidecar.read_bytes())
-    except FileNotFoundError:
-        return None
-
-
 def load_signing_key(config: StorageConfig, data_dir: Path) -> bytes:
-    """The configured key, or one generated once under data_dir (mode 0600) and reused."""
+    """The configured key, or one generated once under data_dir (mode 0600) and reused.
+
+    Raises ConfigError when the key is shorter than MIN_SIGNING_KEY_BYTES.
+    """
     if config.signing_key:
-        return config.signing_key.encode()
+        key = config.signing_key.encode()
+        if len(key) < MIN_SIGNING_KEY_BYTES:
+            raise ConfigError(
+                f"storage.signing_key: must be at least {MIN_SIGNING_KEY_BYTES} bytes"
+            )
+        return key
     path = data_dir / SIGNING_KEY_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        _publish_new_key(path)
+    key = path.read_bytes().strip()
+    if len(key) < MIN_SIGNING_KEY_BYTES:
+        raise ConfigError(
+            f"storage signing key file {path} holds {len(key)} bytes, at least "
+            f"{MIN_SIGNING_KEY_BYTES} are needed: remove it to have a new one generated, "
+            "or set storage.signing_key"
+        )
+    return key
+
+
+def _publish_new_key(path: Path) -> None:
+    """Write a new key to a private temp file, fsync it, and put it in place whole."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip().encode()
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32))
-        f.flush()
-        os.fsync(f.fileno())
-    return path.read_text().strip().encode()
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_urlsafe(32).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        # A rename that never replaces: of two processes generating at once, the first key
+        # published is the one both use (a plain rename would swap it under the first).
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class FilesystemWriter(WriterBase):
@@ -234,11 +219,11 @@ class FilesystemWriter(WriterBase):
         file = self._write_out(rest)
         assert self._tmp is not None
         sha256 = self._hash.hexdigest()
-        meta = _encode_meta(msgspec.structs.replace(self._meta, size=self._size, sha256=sha256))
+        meta = encode_meta(msgspec.structs.replace(self._meta, size=self._size, sha256=sha256))
         file.flush()
         sidecar = sidecar_tmp = None
         sidecar_grown: list[Path] = []
-        if not _attach_meta(file.fileno(), meta):
+        if not attach_meta(file.fileno(), meta):
             sidecar = self._storage.meta_path(self.key)
             sidecar_tmp, sidecar_grown = _write_synced(sidecar, meta)
         try:
@@ -410,6 +395,24 @@ class FilesystemStorage:
         except OSError as exc:
             raise StorageError(f"cannot sweep the storage root: {exc.strerror}") from exc
 
+    async def open_link(self, key: str, expires: str, name: str, sig: str) -> tuple[Path, FsMeta]:
+        """The file and metadata behind a signed link; InvalidLink or NotFound otherwise."""
+        # Only what `download_url` makes is checked at all: ASCII digits and a hex digest of
+        # bounded length (anything else, such as other scripts' digits, is simply not a link).
+        if not (0 < len(expires) <= 12 and expires.isascii() and expires.isdigit()) or not sig:
+            raise InvalidLink("the link is missing its signature")
+        if len(sig) > 128 or not sig.isascii():
+            raise InvalidLink("the link's signature does not match")
+        if not hmac.compare_digest(self.sign(key, int(expires), name), sig):
+            raise InvalidLink("the link's signature does not match")
+        if int(expires) < time.time():
+            raise InvalidLink("the link has expired")
+        path = self.path_of(key)
+        meta = await self.read_meta(key) if path is not None else None
+        if path is None or meta is None:
+            raise NotFound("no such object")
+        return path, meta
+
     async def check(self) -> str | None:
         """None when the root is a writable directory, else a short reason."""
         ok = await self.run(os.access, self.root, os.W_OK | os.X_OK)
@@ -418,47 +421,3 @@ class FilesystemStorage:
     async def close(self) -> None:
         """Stop the I/O threads (after the running calls end)."""
         await asyncio.to_thread(self._io.shutdown)
-
-
-def _forbidden(detail: str) -> web.Response:
-    return problems.problem_response(403, "invalid-download-link", "Invalid download link", detail)
-
-
-def setup_routes(app: web.Application, storage: FilesystemStorage | None = None) -> None:
-    """Mount `GET /files/{key}`: checks signature and expiry, then serves with sendfile.
-
-    Without `storage`, the handler uses `app[state.STORAGE]` (set later, at startup, by the
-    storage cleanup context); the route answers 404 when that store is not a filesystem one.
-    """
-
-    async def serve(request: web.Request) -> web.StreamResponse:
-        store = storage if storage is not None else request.app.get(state.STORAGE)
-        if not isinstance(store, FilesystemStorage):
-            raise web.HTTPNotFound(text="downloads are not served by this daemon")
-        return await _serve(store, request)
-
-    app.router.add_get(ROUTE_PREFIX + "{key:.+}", serve, name="storage_file")
-
-
-async def _serve(storage: FilesystemStorage, request: web.Request) -> web.StreamResponse:
-    key = request.match_info["key"]
-    expires = request.query.get("expires", "")
-    name = request.query.get("name", "")
-    sig = request.query.get("sig", "")
-    if not expires.isdigit() or not sig:
-        return _forbidden("the link is missing its signature")
-    if not hmac.compare_digest(storage.sign(key, int(expires), name), sig):
-        return _forbidden("the link's signature does not match")
-    if int(expires) < time.time():
-        return _forbidden("the link has expired")
-    path = storage.path_of(key)
-    meta = await storage.read_meta(key) if path is not None else None
-    if path is None or meta is None:
-        raise web.HTTPNotFound(text="no such object")
-    headers = {
-        "Content-Type": meta.content_type,
-        "Content-Disposition": content_disposition(name or meta.filename),
-        "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "private, no-store",
-    }
-    return web.FileResponse(path, headers=headers)

@@ -48,6 +48,7 @@ async def crash_run(
     pool: asyncpg.Pool,
     receiver: Receiver,
     port: int,
+    database: dict[str, Any] | None = None,
 ) -> None:
     rng = random.Random(SEED)
     numbers = [make_number(7000 + i) for i in range(processes)]
@@ -71,7 +72,14 @@ async def crash_run(
         # A row whose lease expired max_attempts times is failed as a poison pill (it may be what
         # kills the daemon); a kill every ~2 s is no such signal, so the budget is raised here.
         lambda name: daemon_config(
-            db_dsn, tmp_path, pdpj_config, port, single_put, name, queue={"max_attempts": 40}
+            db_dsn,
+            tmp_path,
+            pdpj_config,
+            port,
+            single_put,
+            name,
+            queue={"max_attempts": 40},
+            database=database or {},
         ),
     )
     daemon = fleet.start("a")

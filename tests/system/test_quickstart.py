@@ -20,10 +20,25 @@ from pdpj_async import dev
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# The README's S3 quick start, run as it stands through the installed console script.
+S3_QUICK_START = ".venv/bin/pdpj-async dev --s3"
+
+
 def test_readme_quick_start_is_exactly_what_dev_prints() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
     assert dev.quickstart("http://127.0.0.1:8080", "data/dev-admin-key") in readme
+    assert f"```sh\n{S3_QUICK_START}\n```" in readme
+
+
+def dev_command(storage: str) -> list[str]:
+    """`make run`'s `pdpj-async dev`, or the README's S3 quick start from the installed script."""
+    if storage == "filesystem":
+        return [sys.executable, "-m", "pdpj_async", "dev"]
+    script, *args = S3_QUICK_START.split()
+    installed = Path(sys.executable).parent / Path(script).name
+    assert installed.is_file(), f"{installed} is missing: the package is not installed"
+    return [str(installed), *args]
 
 
 def bash(command: str, cwd: Path) -> str:
@@ -40,14 +55,14 @@ async def test_quick_start_commands_work_verbatim(
     tmp_path: Path, unused_tcp_port_factory: Any, storage: str
 ) -> None:
     port, sandbox_port = unused_tcp_port_factory(), unused_tcp_port_factory()
-    s3 = ["--s3", "--s3-port", str(unused_tcp_port_factory())] if storage == "s3" else []
+    # The README's ports may be taken on a shared machine: each is given a free one.
+    s3 = ["--s3-port", str(unused_tcp_port_factory())] if storage == "s3" else []
     env = {k: v for k, v in os.environ.items() if not k.startswith("PDPJ_ASYNC")}
     env["PDPJ_ASYNC__DAEMON__DATA_DIR"] = str(tmp_path / "data")
     env["PDPJ_ASYNC__LOGGING__FORMAT"] = "json"
     log = (tmp_path / "dev.log").open("wb")
     proc = subprocess.Popen(  # noqa: ASYNC220 - read line by line in a thread
-        [sys.executable, "-m", "pdpj_async", "dev", "--port", str(port),
-         "--sandbox-port", str(sandbox_port), *s3],
+        [*dev_command(storage), "--port", str(port), "--sandbox-port", str(sandbox_port), *s3],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log,
     )  # fmt: skip
     try:
@@ -59,6 +74,8 @@ async def test_quick_start_commands_work_verbatim(
                 assert line, (tmp_path / "dev.log").read_text()
                 printed += line.decode()
             printed += (await asyncio.to_thread(proc.stdout.readline)).decode()
+        if storage == "s3":
+            assert "storage: s3 on SeaweedFS at http://127.0.0.1:" in printed, printed
         block = printed[printed.index("export PDPJ_URL") :].strip()
         commands = [c for c in block.splitlines() if c and not c.startswith("#")]
         assert len(commands) == 6

@@ -1,4 +1,4 @@
-"""S3 misbehaving (through a fault-injecting proxy in front of moto): retries, aborts, and the
+"""S3 misbehaving (through a fault-injecting proxy in front of SeaweedFS): retries, aborts, and the
 right objects in the end, with no multipart upload left open."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pdpj_async.app import create_app
 from pdpj_async.config import PdpjConfig, StorageConfig
 from pdpj_async.storage import Storage
 from tests.fixtures.app import Keys, Stack, stack_config
-from tests.fixtures.s3 import S3Bucket
+from tests.fixtures.s3 import S3Bucket, S3Server
 from tests.fixtures.sandbox import Sandbox
 from tests.system.harness import audit_end_state, make_number
 
@@ -28,7 +28,7 @@ S3_ERROR = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
     b"<Message>injected by the test proxy</Message><RequestId>x</RequestId></Error>"
 )
-HOP_BY_HOP = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+HOP_BY_HOP = {"content-length", "transfer-encoding", "connection", "content-encoding"}
 
 
 def operation(request: web.Request) -> str:
@@ -48,7 +48,7 @@ def operation(request: web.Request) -> str:
 
 
 class FaultyS3:
-    """Forwards to moto; the Nth call of an operation may instead fail, stall or be dropped."""
+    """Forwards to the S3 server; the Nth call of an operation may fail, stall or be dropped."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -75,6 +75,7 @@ class FaultyS3:
         if action == "slow":
             await asyncio.sleep(1.5)
         assert self._session is not None
+        # Host goes through as signed: a real store checks the signature, which covers it.
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         async with self._session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=io.BytesIO(body)
@@ -96,8 +97,8 @@ class FaultyS3:
 
 
 @pytest.fixture
-async def faulty_s3(aiohttp_server: Any, moto_server: str) -> AsyncIterator[FaultyS3]:
-    proxy = FaultyS3(moto_server)
+async def faulty_s3(aiohttp_server: Any, s3_server: S3Server) -> AsyncIterator[FaultyS3]:
+    proxy = FaultyS3(s3_server.endpoint_url)
     await proxy.start(aiohttp_server)
     try:
         yield proxy
