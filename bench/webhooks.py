@@ -16,9 +16,9 @@ with 20 documents (~5.5 KB of JSON).
 Also reported per run: this process's CPU time per delivery on each side, PostgreSQL's CPU time
 per delivery during ours, and the HTTP connections each side opened (keep-alive on both).
 
-    .venv/bin/python -P bench/webhooks.py [--messages 2000] [--samples 200] [--runs 5]
+    .venv/bin/python bench/webhooks.py [--messages 2000] [--samples 200] [--runs 5]
 
-(-P: bench/queue.py would otherwise shadow the stdlib's queue module.)
+The embedded PostgreSQL comes from bench/harness.py.
 """
 
 from __future__ import annotations
@@ -37,19 +37,17 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import harness
 import msgspec
 import psutil
 import uvloop
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pdpj_async import db, keys, webhooks  # noqa: E402
-from pdpj_async.config import WebhooksConfig  # noqa: E402
-from pdpj_async.embedded_pg import EmbeddedPostgres  # noqa: E402
-from pdpj_async.logs import configure  # noqa: E402
-from pdpj_async.sender import Sender  # noqa: E402
+from pdpj_async import db, keys
+from pdpj_async.config import WebhooksConfig
+from pdpj_async.logs import configure
+from pdpj_async.webhooks import outbox
+from pdpj_async.webhooks.sender import Sender
 
 SETTINGS = {"fsync": "off", "full_page_writes": "off"}
 CONCURRENCY = 16
@@ -151,7 +149,7 @@ def payload() -> dict[str, Any]:
 
 
 async def enqueue(conn: Any, key_id: int, url: str) -> str:
-    return await webhooks.enqueue_delivery(
+    return await outbox.enqueue_delivery(
         conn, job_id=None, api_key_id=key_id, url=url, event_type="job.completed", payload=payload()
     )
 
@@ -215,7 +213,7 @@ async def running(sender: Sender) -> AsyncIterator[None]:
         yield
     finally:
         await sender.stop()
-        assert not sender.failed.done(), "the sender died"
+        assert not sender.supervisor.died.done(), "the sender died"
 
 
 async def latency_run(
@@ -254,17 +252,20 @@ def spread(values: list[float], digits: int = 1) -> dict[str, float]:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     configure(level="warning", fmt="json")
     with tempfile.TemporaryDirectory() as tmp:
-        server = EmbeddedPostgres(Path(tmp) / "pg", settings=SETTINGS)
-        dsn = await asyncio.to_thread(server.start)
+        server = harness.Postgres(Path(tmp), SETTINGS)
+        await asyncio.to_thread(server.start)
         try:
-            await db.migrate(dsn)
+            dsn = await asyncio.to_thread(server.fresh)
             pool = await db.create_pool(dsn, min_size=4, max_size=30)
             pg = PgCpu(server.pgdata)
             receiver = Receiver()
             runner = await receiver.start()
             key = await keys.create_key(pool, "bench", "user")
             config = WebhooksConfig(
-                allow_private_networks=True, concurrency=CONCURRENCY, poll_interval_s=1.0
+                allowed_networks=["127.0.0.0/8"],
+                allowed_ports=[],
+                concurrency=CONCURRENCY,
+                poll_interval_s=1.0,
             )
 
             def plain() -> Sender:
@@ -359,7 +360,7 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "webhooks.json"))
+    parser.add_argument("--out", default=str(harness.RESULTS / "webhooks.json"))
     arguments = parser.parse_args()
     result = uvloop.run(main(arguments))
     Path(arguments.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

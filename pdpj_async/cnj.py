@@ -20,7 +20,9 @@ SEGMENTS = {
     "9": "Justiça Militar Estadual",
 }
 
-_MASKED = re.compile(r"^(\d{7})-(\d{2})\.(\d{4})\.(\d)\.(\d{2})\.(\d{4})$")
+# [0-9], not \d: \d also matches Arabic-Indic, fullwidth and other Unicode digits, which int()
+# reads as numbers, so such a number would pass its check and reach PDPJ and the database.
+_MASKED = re.compile(r"^([0-9]{7})-([0-9]{2})\.([0-9]{4})\.([0-9])\.([0-9]{2})\.([0-9]{4})$")
 _SEPARATORS = re.compile(r"[.\-\s]")
 MAX_INPUT = 64
 
@@ -87,17 +89,17 @@ def parse(text: str) -> ProcessNumber:
         digits = "".join(masked.groups())
     else:
         digits = _SEPARATORS.sub("", raw)
-        bad = sorted({c for c in digits if not c.isdigit() or not c.isascii()})
+        bad = sorted({c for c in digits if c not in "0123456789"})
         if bad:
             shown = ", ".join(repr(c) for c in bad[:5])
             raise InvalidProcessNumber(
-                "characters", f"the process number has characters other than digits: {shown}"
+                "characters", f"the process number has characters other than 0-9: {shown}"
             )
         if len(digits) != 20:
             raise InvalidProcessNumber(
                 "length", f"the process number has {len(digits)} digits; expected 20"
             )
-        if digits != raw and not raw.isdigit():
+        if digits != raw and not (raw.isascii() and raw.isdigit()):
             raise InvalidProcessNumber(
                 "format", "expected 20 digits or the mask NNNNNNN-DD.AAAA.J.TR.OOOO"
             )

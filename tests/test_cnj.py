@@ -64,3 +64,30 @@ def test_expected_check_digits_round_trip() -> None:
     assert dd == "38"
     assert cnj.is_valid(f"0801234{dd}20248260100")
     assert not cnj.is_valid("08012343920248260100")
+
+
+# Digits of other scripts that str.isdigit() and int() accept as numbers.
+FOREIGN_DIGITS = {
+    "arabic-indic": "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",
+    "fullwidth": "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19",
+    "devanagari": "\u0966\u0967\u0968\u0969\u096a\u096b\u096c\u096d\u096e\u096f",
+}
+
+
+@pytest.mark.parametrize("script", list(FOREIGN_DIGITS))
+@pytest.mark.parametrize("form", ["masked", "bare", "masked, check digits in ASCII"])
+def test_digits_of_other_scripts_are_refused_in_every_form(script: str, form: str) -> None:
+    table = str.maketrans("0123456789", FOREIGN_DIGITS[script])
+    masked = "0801234-38.2024.8.26.0100"
+    text = {
+        "masked": masked.translate(table),
+        "bare": masked.replace("-", "").replace(".", "").translate(table),
+        # The check digits match as text only in ASCII: this one used to parse.
+        "masked, check digits in ASCII": masked[:8].translate(table)
+        + "38"
+        + masked[10:].translate(table),
+    }[form]
+    with pytest.raises(InvalidProcessNumber) as info:
+        cnj.parse(text)
+    assert info.value.reason == "characters"
+    assert "0-9" in str(info.value)

@@ -12,15 +12,19 @@ import asyncpg
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from pdpj_async import keys, webhooks
+from pdpj_async import keys
 from pdpj_async.config import WebhooksConfig
-from pdpj_async.sender import USER_AGENT, FinalizePayload, Sender
-from pdpj_async.ssrf import StaticResolver
+from pdpj_async.webhooks import outbox
+from pdpj_async.webhooks.client import USER_AGENT, WebhookClient
+from pdpj_async.webhooks.sender import FinalizePayload, Sender
+from pdpj_async.webhooks.ssrf import StaticResolver
 from tests.fixtures.app import Keys
 from tests.fixtures.receiver import Receiver, Reply
 from tests.test_webhooks import queue_job_webhook
 
-FAST = {"allow_private_networks": True, "schedule_s": [0, 0.05, 0.05], "jitter": 0.0}
+# The receiver listens on 127.0.0.1 at a random port: loopback must be listed explicitly.
+LOCAL_RECEIVER = {"allowed_networks": ["127.0.0.0/8"], "allowed_ports": []}
+FAST = {**LOCAL_RECEIVER, "schedule_s": [0, 0.05, 0.05], "jitter": 0.0}
 
 
 def fast_config(**overrides: Any) -> WebhooksConfig:
@@ -44,7 +48,7 @@ async def running(
         yield sender
     finally:
         await sender.stop()
-    assert not sender.failed.done()
+    assert not sender.supervisor.died.done()
 
 
 async def wait_status(pool: asyncpg.Pool, delivery_id: str, *statuses: str) -> dict[str, Any]:
@@ -145,6 +149,25 @@ async def test_retry_after_is_honoured(
     assert second.at - first.at >= 1.0
 
 
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("99999999999", 7.0), ("Fri, 31 Dec 9999 23:59:59 GMT", 7.0), ("nan", None)],
+)
+async def test_a_receivers_retry_after_is_clamped_to_the_schedule(
+    receiver: Receiver, header: str, expected: float | None
+) -> None:
+    receiver.reply_with(Reply(status=503, headers={"Retry-After": header}))
+    client = WebhookClient(fast_config(schedule_s=[0, 2, 7, 3]))
+    await client.start()
+    try:
+        result = await client.post(
+            receiver.url, "msg_1", b"{}", [keys.generate_webhook_secret()], 1
+        )
+    finally:
+        await client.close()
+    assert result.status_code == 503 and result.retry_after == expected
+
+
 async def test_timeouts_and_redirects_are_failed_attempts(
     pool: asyncpg.Pool, db_dsn: str, api_keys: Keys, receiver: Receiver
 ) -> None:
@@ -216,7 +239,7 @@ async def test_redeliver_sends_again_with_the_same_webhook_id(
     delivery_id = await queue_job_webhook(pool, api_keys.user.info.id, receiver.url, ["failed"])
     async with running(pool, db_dsn, fast_config()):
         await wait_status(pool, delivery_id, "delivered")
-        await webhooks.redeliver(pool, delivery_id, owner_id=api_keys.user.info.id)
+        await outbox.redeliver(pool, delivery_id, owner_id=api_keys.user.info.id)
         await receiver.wait_for(2)
         await wait_status(pool, delivery_id, "delivered")
     first, second = receiver.received
@@ -275,7 +298,7 @@ async def test_a_name_rebound_to_a_private_address_is_refused_at_connect_time(
     port = receiver.url.split(":")[2].split("/")[0]
     url = f"http://hooks.example.com:{port}/hook"
     names = StaticResolver({"hooks.example.com": ["93.184.215.14"]})
-    config = fast_config(allow_private_networks=False, schedule_s=[0])
+    config = fast_config(allowed_networks=[], schedule_s=[0])
     sender_of: Callable[..., Any] = running
     async with sender_of(pool, db_dsn, config, resolver=names) as sender:
         await sender.client.guard.validate(url)  # what the API does when the job is created
@@ -329,7 +352,7 @@ async def test_a_burst_is_delivered_once_each_and_every_attempt_recorded(
     # More messages than slots and than a claim or a recording batch holds.
     async with pool.acquire() as conn, conn.transaction():
         ids = [
-            await webhooks.enqueue_delivery(
+            await outbox.enqueue_delivery(
                 conn,
                 job_id=None,
                 api_key_id=api_keys.user.info.id,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from pdpj_async.config import WebhooksConfig
-from pdpj_async.errors import WebhookUrlRefused
+from pdpj_async.errors import ConfigError, WebhookUrlRefused
 from pdpj_async.keys import generate_webhook_secret
-from pdpj_async.sender import WebhookClient
-from pdpj_async.ssrf import GuardedResolver, StaticResolver, UrlGuard, parse_ipv4_loose
+from pdpj_async.webhooks.client import WebhookClient
+from pdpj_async.webhooks.ssrf import GuardedResolver, StaticResolver, UrlGuard, parse_ipv4_loose
 
 PUBLIC = "93.184.215.14"
 SECRET = generate_webhook_secret()
@@ -36,7 +36,7 @@ REFUSED: list[tuple[str, str]] = [
     ("https://user@hooks.example.com/", "credentials"),
     ("http:///path-only", "no-host"),
     ("http://127.0.0.1/", "loopback"),
-    ("http://127.255.255.254:8080/", "loopback"),
+    ("http://127.255.255.254:8443/", "loopback"),
     ("http://localhost/", "unresolvable"),
     ("http://10.0.0.1/", "private"),
     ("http://172.16.5.4/", "private"),
@@ -76,15 +76,18 @@ REFUSED: list[tuple[str, str]] = [
     ("http://[fc00::abcd]/", "private"),
     ("http://[ff02::1]/", "multicast"),
     ("http://[2001:db8::1]/", "documentation"),
-    ("http://[::ffff:127.0.0.1]/", "loopback"),
-    ("http://[::ffff:169.254.169.254]/", "cloud-metadata"),
-    ("http://[::ffff:10.0.0.1]/", "private"),
+    # IPv4-mapped: refused whatever the address inside (a dual-stack socket goes there).
+    ("http://[::ffff:127.0.0.1]/", "ipv4-mapped"),
+    ("http://[::ffff:169.254.169.254]/", "ipv4-mapped"),
+    ("http://[::ffff:10.0.0.1]/", "ipv4-mapped"),
+    ("http://[::ffff:93.184.215.14]/", "ipv4-mapped"),
+    ("http://[::ffff:0:93.184.215.14]/", "ipv4-mapped"),
     ("http://[::127.0.0.1]/", "loopback"),
     ("http://[64:ff9b::127.0.0.1]/", "loopback"),
     ("http://[64:ff9b::a9fe:a9fe]/", "cloud-metadata"),
     ("http://[2002:7f00:1::]/", "loopback"),
     ("http://[2002:c0a8:101::1]/", "private"),
-    ("http://[fd00:ec2::254]/", "private"),
+    ("http://[fd00:ec2::254]/", "cloud-metadata"),
     # Names whose answers are private (through the test resolver).
     ("http://localhost.example.com/", "loopback"),
     ("https://intranet.example.com/hook", "private"),
@@ -93,8 +96,26 @@ REFUSED: list[tuple[str, str]] = [
     ("http://cgnat.example.com/", "cgnat"),
     ("http://v6-loopback.example.com/", "loopback"),
     ("http://v6-ula.example.com/", "private"),
-    ("http://mapped.example.com/", "private"),
+    ("http://mapped.example.com/", "ipv4-mapped"),
     ("http://does-not-exist.example.com/", "unresolvable"),
+    # Ports other than webhooks.allowed_ports (80, 443, 8443 by default) and port 0.
+    ("http://hooks.example.com:22/", "port"),
+    ("http://hooks.example.com:6379/", "port"),
+    ("https://hooks.example.com:8080/", "port"),
+    ("http://hooks.example.com:0/", "port"),
+    # Hosts no resolver should ever see: over-long labels and names, odd characters.
+    ("http://" + "a" * 300 + ".example.com/", "malformed"),
+    ("http://" + "a" * 64 + ".example.com/", "malformed"),
+    ("http://" + "abcdefgh." * 32 + "com/", "malformed"),
+    ("http://a..example.com/", "malformed"),
+    ("http://ex%20ample.com/", "malformed"),
+    ("http://exa mple.com/", "malformed"),
+    ("http://-hooks.example.com/", "malformed"),
+    ("http://1.2.3.999/", "malformed"),
+    ("http://[fe80::1%25eth0]/", "malformed"),
+    ("http://" + "é" * 300 + ".com/", "malformed"),
+    ("http://hooks_.example.com\x00/", "malformed"),
+    ("http://hooks.example.com:99999/", "malformed"),
 ]
 
 
@@ -162,10 +183,121 @@ async def test_allow_list_admits_the_domain_and_its_subdomains_only() -> None:
 
 async def test_private_networks_are_allowed_when_switched_on() -> None:
     g = guard(allow_private_networks=True)
-    await g.validate("http://127.0.0.1:8080/hook")
     await g.validate("http://intranet.example.com/")
+    await g.validate("http://10.1.2.3:8443/hook")
+    await g.validate("http://[fd12:3456::1]/")
     with pytest.raises(WebhookUrlRefused):
-        await g.validate("ftp://127.0.0.1/")
+        await g.validate("ftp://10.1.2.3/")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://127.0.0.1/hook", "loopback"),
+        ("http://localhost.example.com/", "loopback"),
+        ("http://[::1]/", "loopback"),
+        ("http://169.254.1.1/", "link-local"),
+        ("http://[fe80::1]/", "link-local"),
+        ("http://169.254.169.254/latest/meta-data/", "cloud-metadata"),
+        ("http://metadata.example.com/", "cloud-metadata"),
+        ("http://[fd00:ec2::254]/", "cloud-metadata"),
+        ("http://[::ffff:10.1.2.3]/", "ipv4-mapped"),
+        ("http://[64:ff9b::127.0.0.1]/", "loopback"),
+        ("http://0.0.0.0/", "unspecified"),
+    ],
+)
+async def test_loopback_link_local_and_metadata_stay_refused_with_private_networks_on(
+    url: str, reason: str
+) -> None:
+    with pytest.raises(WebhookUrlRefused) as info:
+        await guard(allow_private_networks=True).validate(url)
+    assert info.value.reason == reason
+
+
+async def test_allowed_networks_admit_an_on_premise_receiver_and_nothing_else() -> None:
+    g = guard(allowed_networks=["127.0.0.0/8", "10.1.0.0/16"], allowed_ports=[])
+    await g.validate("http://127.0.0.1:8080/hook")
+    await g.validate("http://localhost.example.com:9000/")
+    await g.validate("http://intranet.example.com/")
+    for url, reason in [
+        ("http://10.2.0.1/", "private"),
+        ("http://[::1]/", "loopback"),
+        ("http://[::ffff:127.0.0.1]/", "ipv4-mapped"),
+    ]:
+        with pytest.raises(WebhookUrlRefused) as info:
+            await g.validate(url)
+        assert info.value.reason == reason
+
+
+async def test_cloud_metadata_is_refused_even_inside_allowed_networks() -> None:
+    g = guard(allowed_networks=["169.254.0.0/16", "fd00::/8"])
+    await g.validate("http://169.254.1.1/")
+    for url in [
+        "http://169.254.169.254/",
+        "http://metadata.example.com/",
+        "http://[fd00:ec2::254]/",
+    ]:
+        with pytest.raises(WebhookUrlRefused) as info:
+            await g.validate(url)
+        assert info.value.reason == "cloud-metadata"
+
+
+def test_an_allowed_network_that_is_not_a_cidr_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"webhooks\.allowed_networks: 'intranet'"):
+        guard(allowed_networks=["intranet"])
+
+
+async def test_only_the_allowed_ports_are_accepted() -> None:
+    for url in [
+        "http://hooks.example.com/",
+        "https://hooks.example.com:8443/",
+        "http://hooks.example.com:443/",
+    ]:
+        await guard().validate(url)
+    await guard(allowed_ports=[9000]).validate("http://hooks.example.com:9000/")
+    with pytest.raises(WebhookUrlRefused) as info:
+        await guard(allowed_ports=[9000]).validate("https://hooks.example.com/")
+    assert info.value.reason == "port" and "9000" in info.value.detail
+    await guard(allowed_ports=[]).validate("http://hooks.example.com:6379/")
+
+
+@pytest.mark.parametrize("domains", [["*"], ["*", "example.com"], [" * "]])
+async def test_a_star_in_allowed_domains_admits_any_public_host(domains: list[str]) -> None:
+    g = guard(allowed_domains=domains)
+    await g.validate("https://hooks.example.com/x")
+    await g.validate("https://v6.example.com/")
+    await g.validate(f"http://{PUBLIC}/")
+    with pytest.raises(WebhookUrlRefused) as info:
+        await g.validate("http://intranet.example.com/")
+    assert info.value.reason == "private"
+
+
+async def test_a_wildcard_domain_admits_its_subdomains() -> None:
+    g = guard(allowed_domains=["*.example.com"])
+    await g.validate("https://hooks.example.com/x")
+    with pytest.raises(WebhookUrlRefused):
+        await g.validate("https://example.com.evil.test/")
+
+
+async def test_a_300_character_label_is_refused_before_the_system_resolver_sees_it() -> None:
+    # The system resolver's IDNA encoding raised UnicodeError here, which the API answered 500.
+    g = UrlGuard(WebhooksConfig())
+    with pytest.raises(WebhookUrlRefused) as info:
+        await g.validate("https://" + "a" * 300 + ".example.com/hook")
+    assert info.value.reason == "malformed"
+    assert "63" in info.value.detail
+
+
+async def test_a_resolver_that_cannot_encode_a_name_means_unresolvable() -> None:
+    class Idna:
+        async def resolve(self, host: str) -> list[str]:
+            host.encode("idna")
+            raise OSError("no network in tests")
+
+    g = UrlGuard(WebhooksConfig(), Idna())
+    with pytest.raises(WebhookUrlRefused) as info:
+        await g.resolve_checked("a" * 70 + ".example.com")
+    assert info.value.reason == "unresolvable"
 
 
 async def test_connect_time_resolver_returns_only_checked_addresses() -> None:

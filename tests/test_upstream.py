@@ -7,10 +7,13 @@ import hashlib
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
+from aiohttp import web
+from yarl import URL
 
 from pdpj_async.cnj import parse
 from pdpj_async.config import PdpjConfig
@@ -22,14 +25,16 @@ from pdpj_async.errors import (
     UpstreamTransient,
 )
 from pdpj_async.ratelimit import TokenBucket
-from pdpj_async.tokens import FileTokenProvider, TokenProvider, readiness_reason
-from pdpj_async.upstream import (
+from pdpj_async.retry import parse_retry_after
+from pdpj_async.upstream.client import PdpjClient
+from pdpj_async.upstream.parse import (
     BRASILIA,
-    PdpjClient,
     check_content,
+    list_documents,
     looks_like_html,
-    retry_after_seconds,
+    parse_process,
 )
+from pdpj_async.upstream.tokens import FileTokenProvider, TokenProvider, readiness_reason
 from tests.fixtures.sandbox import FIXTURE_MASKED, FIXTURE_NUMBER, Sandbox, fixture_uuid
 
 OTHER = "10117457720258110041"
@@ -99,6 +104,7 @@ async def test_missing_arquivo_leaves_type_and_size_unknown(
         process = await client.get_process(parse(OTHER))
         (doc,) = process.documents
         assert (doc.uuid, doc.mime_type, doc.declared_size) == (docs[0]["uuid"], None, None)
+        assert doc.href is not None and doc.unusable_reason is None
         body, content_type = await download(client, doc.href)
     assert (len(body), content_type) == (4321, "application/pdf")
 
@@ -178,8 +184,8 @@ async def test_throttling_and_server_errors_are_transient_with_retry_after(
 
 
 def test_retry_after_as_an_http_date() -> None:
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
-    assert retry_after_seconds("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 600.0) == 0.0
+    assert parse_retry_after("soon", 600.0) is None
 
 
 async def test_sigiloso_document_refused_is_permanent_with_a_clear_message(
@@ -284,6 +290,7 @@ async def test_generated_documents_match_their_expected_digest(
         assert [d.declared_size for d in process.documents] == [0, 1, 70_000]
         assert process.documents[2].name == "Decisão.html"
         for doc in process.documents:
+            assert doc.href is not None
             body, _ = await download(client, doc.href)
             size, sha256, _mime = sandbox.expected(OTHER, doc.uuid)
             assert (len(body), hashlib.sha256(body).hexdigest()) == (size, sha256)
@@ -314,3 +321,104 @@ def test_readiness_names_the_token_problem_without_the_token() -> None:
     expired.mark_expired("abc")
     reason = readiness_reason(expired)
     assert reason is not None and "expired" in reason and "abc" not in reason
+
+
+# --- hostile answers: Retry-After, hrefs to other origins, documents without a usable href ------
+
+
+@pytest.mark.parametrize("header", ["99999999999", "Fri, 31 Dec 9999 23:59:59 GMT", "86400.5"])
+async def test_a_huge_retry_after_is_clamped_to_the_configured_cap(
+    sandbox: Sandbox, pdpj_config: PdpjConfig, header: str
+) -> None:
+    await sandbox.fault(scope="all", status=503, retry_after=header)
+    async with client_for(pdpj_config) as client:
+        with pytest.raises(UpstreamTransient) as caught:
+            await client.get_process(parse(FIXTURE_NUMBER))
+    assert caught.value.retry_after == pdpj_config.retry_after_cap_s == 600.0
+
+
+@pytest.mark.parametrize("header", ["nan", "inf", "-inf", "1e999", "-5", "٣", "0x10", "5 s"])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(
+    sandbox: Sandbox, pdpj_config: PdpjConfig, header: str
+) -> None:
+    await sandbox.fault(scope="all", status=429, retry_after=header)
+    async with client_for(pdpj_config) as client:
+        with pytest.raises(UpstreamTransient) as caught:
+            await client.get_process(parse(FIXTURE_NUMBER))
+    # None: the queue's own backoff decides, never an infinite or NaN wait.
+    assert caught.value.retry_after is None
+
+
+async def test_an_absolute_href_to_another_origin_is_refused_and_the_token_stays_home(
+    sandbox: Sandbox, pdpj_config: PdpjConfig, aiohttp_server: Any
+) -> None:
+    seen: list[str | None] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=b"%PDF-1.7 stolen", content_type="application/pdf")
+
+    other = web.Application()
+    other.router.add_get("/{tail:.*}", record)
+    elsewhere = str((await aiohttp_server(other)).make_url("")).rstrip("/")
+    path = sandbox.href(FIXTURE_NUMBER, fixture_uuid(1))
+    hostile = [
+        elsewhere + "/api/v2" + path,  # another port on the same machine: another origin
+        sandbox.root.replace("http://", "https://") + "/api/v2" + path,  # another scheme
+        "//" + elsewhere.removeprefix("http://") + "/api/v2" + path,  # scheme-relative
+        "ftp://" + elsewhere.removeprefix("http://") + path,
+    ]
+    async with client_for(pdpj_config) as client:
+        for href in hostile:
+            with pytest.raises(UpstreamPermanent, match="hrefBinario"):
+                await download(client, href)
+        # The configured origin, spelled absolutely, is still fetched.
+        body, _ = await download(client, sandbox.url + path, "application/pdf")
+    assert body.startswith(b"%PDF-")
+    assert seen == []
+
+
+def _details(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"numeroProcesso": FIXTURE_NUMBER, "tramitacaoAtual": {"documentos": list(entries)}}
+
+
+def _entry(seq: int, **fields: Any) -> dict[str, Any]:
+    return {"sequencia": seq, "nome": f"doc{seq}.pdf", "idCodex": 900 + seq, **fields}
+
+
+def test_documents_without_a_usable_href_are_kept_with_the_reason() -> None:
+    good = f"/processos/{FIXTURE_MASKED}/documentos/{fixture_uuid(1)}/binario"
+    texto = f"/processos/{FIXTURE_MASKED}/documentos/{fixture_uuid(2)}/texto"
+    foreign = f"https://elsewhere.example/api/v2/processos/x/documentos/{fixture_uuid(3)}/binario"
+    raw = _details(
+        _entry(1, hrefBinario=good),
+        _entry(2, hrefTexto=texto),
+        _entry(3, hrefBinario=foreign),
+        _entry(4, hrefBinario=12345),
+        _entry(5, hrefBinario="/processos/x/documentos/"),
+        _entry(6, hrefBinario=""),
+    )
+    base = URL("https://pdpj.example/api/v2")
+    docs = parse_process(raw, parse(FIXTURE_NUMBER), base).documents
+    assert [d.sequence for d in docs] == [1, 2, 3, 4, 5, 6]
+    assert (docs[0].href, docs[0].unusable_reason) == (good, None)
+    assert all(d.href is None for d in docs[1:])
+    reasons = [d.unusable_reason or "" for d in docs[1:]]
+    assert "without a hrefBinario" in reasons[0]
+    assert "outside the configured PDPJ origin" in reasons[1]
+    assert "not a string" in reasons[2]
+    assert "does not name a document" in reasons[3]
+    assert "without a hrefBinario" in reasons[4]
+    # Each keeps a stable name: the uuid of its other hrefs, else one made from PDPJ's ids.
+    assert (docs[1].uuid, docs[2].uuid) == (fixture_uuid(2), fixture_uuid(3))
+    again = parse_process(raw, parse(FIXTURE_NUMBER), base).documents
+    assert [d.uuid for d in docs] == [d.uuid for d in again]
+    assert len({d.uuid for d in docs}) == 6 and docs[3].name == "doc4.pdf"
+
+
+def test_a_usable_entry_wins_over_an_unusable_one_for_the_same_document() -> None:
+    binario = f"/processos/{FIXTURE_MASKED}/documentos/{fixture_uuid(1)}/binario"
+    texto = binario.replace("/binario", "/texto")
+    raw = _details(_entry(1, hrefTexto=texto), _entry(1, hrefBinario=binario, hrefTexto=texto))
+    (doc,) = list_documents(raw)
+    assert (doc.uuid, doc.href, doc.unusable_reason) == (fixture_uuid(1), binario, None)

@@ -15,12 +15,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook
 
-from pdpj_async import webhooks
 from pdpj_async.app import create_app
 from pdpj_async.config import Config
 from pdpj_async.db import Executor
+from pdpj_async.webhooks import outbox
 from tests.fixtures.app import Keys, make_config
-from tests.fixtures.receiver import Receiver
+from tests.fixtures.receiver import Receiver, Reply
 
 PUBLIC_URL = "https://pdpj.example.com"
 
@@ -83,7 +83,7 @@ async def queue_job_webhook(
     """A final job and its webhook in the outbox, in one transaction (as the job code does)."""
     async with pool.acquire() as conn, conn.transaction():
         job_id = await make_job(conn, api_key_id, url, documents, **kw)
-        delivery_id = await webhooks.enqueue_job_webhook(
+        delivery_id = await outbox.enqueue_job_webhook(
             conn, job_id, public_url=PUBLIC_URL, max_documents=1000
         )
     assert delivery_id is not None
@@ -94,11 +94,17 @@ async def test_completed_job_payload_lists_its_documents(
     pool: asyncpg.Pool, api_keys: Keys
 ) -> None:
     job_id = await make_job(pool, api_keys.user.info.id, "https://h.example/", ["available"] * 3)
-    payload = await webhooks.job_payload(pool, job_id, public_url=PUBLIC_URL, max_documents=10)
+    payload = await outbox.job_payload(pool, job_id, public_url=PUBLIC_URL, max_documents=10)
     assert payload["type"] == "job.completed" and payload["status"] == "completed"
     assert payload["job_id"] == str(job_id)
     assert (payload["total_documents"], payload["completed_documents"]) == (3, 3)
-    assert payload["status_url"] == f"{PUBLIC_URL}/api/v1/jobs/{job_id}"
+    # The process's status (every document, with links), as the README says.
+    number = await pool.fetchval(
+        "SELECT p.number FROM pdpj.jobs j JOIN pdpj.processes p ON p.id = j.process_id"
+        " WHERE j.id = $1",
+        job_id,
+    )
+    assert payload["status_url"] == f"{PUBLIC_URL}/api/v1/processes/{number}/status"
     assert payload["completed_at"] is not None
     assert "documents_truncated" not in payload
     first = payload["documents"][0]
@@ -117,7 +123,7 @@ async def test_completed_job_payload_lists_its_documents(
 
 async def test_failed_job_payload_carries_the_errors(pool: asyncpg.Pool, api_keys: Keys) -> None:
     job_id = await make_job(pool, api_keys.user.info.id, "https://h.example/", ["failed"] * 2)
-    payload = await webhooks.job_payload(pool, job_id, public_url=PUBLIC_URL, max_documents=10)
+    payload = await outbox.job_payload(pool, job_id, public_url=PUBLIC_URL, max_documents=10)
     assert payload["type"] == "job.failed" and payload["failed_documents"] == 2
     assert {d["error_message"] for d in payload["documents"]} == {"HTTP 403 from PDPJ"}
 
@@ -126,7 +132,7 @@ async def test_big_job_payload_is_capped_and_points_to_status_url(
     pool: asyncpg.Pool, api_keys: Keys
 ) -> None:
     job_id = await make_job(pool, api_keys.user.info.id, "https://h.example/", ["available"] * 5)
-    payload = await webhooks.job_payload(pool, job_id, public_url=PUBLIC_URL, max_documents=2)
+    payload = await outbox.job_payload(pool, job_id, public_url=PUBLIC_URL, max_documents=2)
     assert [d["uuid"] for d in payload["documents"]] == ["uuid-0", "uuid-1"]
     assert payload["documents_truncated"] is True
     assert payload["total_documents"] == 5
@@ -152,7 +158,7 @@ async def test_outbox_row_exists_only_if_the_transaction_commits(
 
 async def queue_job_webhook_in(conn: Executor, api_key_id: int) -> str:
     job_id = await make_job(conn, api_key_id, "https://h.example/", ["available"])
-    delivery_id = await webhooks.enqueue_job_webhook(
+    delivery_id = await outbox.enqueue_job_webhook(
         conn, job_id, public_url=PUBLIC_URL, max_documents=10
     )
     assert delivery_id is not None
@@ -162,7 +168,7 @@ async def queue_job_webhook_in(conn: Executor, api_key_id: int) -> str:
 async def test_job_without_url_gets_no_delivery(pool: asyncpg.Pool, api_keys: Keys) -> None:
     job_id = await make_job(pool, api_keys.user.info.id, None, ["available"])
     assert (
-        await webhooks.enqueue_job_webhook(pool, job_id, public_url=PUBLIC_URL, max_documents=5)
+        await outbox.enqueue_job_webhook(pool, job_id, public_url=PUBLIC_URL, max_documents=5)
         is None
     )
 
@@ -173,7 +179,7 @@ async def test_enqueue_wakes_listeners_on_commit(
     listener = await asyncpg.connect(db_dsn)
     heard: list[str] = []
     try:
-        await listener.add_listener(webhooks.NOTIFY_CHANNEL, lambda *a: heard.append(a[3]))
+        await listener.add_listener(outbox.NOTIFY_CHANNEL, lambda *a: heard.append(a[3]))
         delivery_id = await queue_job_webhook(
             pool, api_keys.user.info.id, "https://h.e/", ["failed"]
         )
@@ -196,7 +202,7 @@ async def test_deliveries_for_job_shows_attempts(pool: asyncpg.Pool, api_keys: K
     job_id = await pool.fetchval(
         "SELECT job_id FROM pdpj.webhook_deliveries WHERE id = $1", delivery_id
     )
-    [delivery] = await webhooks.deliveries_for_job(pool, job_id)
+    [delivery] = await outbox.deliveries_for_job(pool, job_id)
     assert delivery.id == delivery_id and delivery.event_type == "job.failed"
     assert [(a.attempt, a.status_code, a.error) for a in delivery.attempts] == [
         (1, 500, "HTTP 500")
@@ -208,7 +214,14 @@ async def test_deliveries_for_job_shows_attempts(pool: asyncpg.Pool, api_keys: K
 
 @pytest.fixture
 def private_config(db_dsn: str, tmp_path: Path) -> Config:
-    return make_config(db_dsn, tmp_path, webhooks={"allow_private_networks": True})
+    # The receiver listens on 127.0.0.1 at a random port: loopback must be listed explicitly.
+    local = {"allowed_networks": ["127.0.0.0/8"], "allowed_ports": []}
+    return make_config(db_dsn, tmp_path, webhooks=local)
+
+
+@pytest.fixture
+def receiver_config(db_dsn: str, tmp_path: Path) -> Config:
+    return make_config(db_dsn, tmp_path, webhooks={"test_receiver": True})
 
 
 async def app_client(aiohttp_client: Any, config: Config) -> TestClient[Any, Any]:
@@ -269,6 +282,55 @@ async def test_ping_reports_a_failing_receiver(
     assert result["delivered"] is False and result["status_code"] == 503
 
 
+PING_FIELDS = {"webhook_id", "url", "delivered", "status_code", "latency_ms"}
+
+
+async def test_ping_reports_status_and_latency_but_nothing_the_receiver_said(
+    aiohttp_client: Any, private_config: Config, api_keys: Keys, receiver: Receiver
+) -> None:
+    # A receiver's body or connection error echoed back would make ping a probe of whatever
+    # answers at an address (banners, error pages, which ports are open).
+    receiver.reply_with(Reply(status=500, body="redis_version:7.2.4 internal banner"))
+    client = await app_client(aiohttp_client, private_config)
+    resp = await client.post(
+        "/api/v1/webhooks/ping", json={"url": receiver.url}, headers=Keys.header(api_keys.user)
+    )
+    text = await resp.text()
+    assert resp.status == 200 and "redis_version" not in text
+    result = await resp.json()
+    assert set(result) == PING_FIELDS and result["status_code"] == 500
+    await receiver.stop()  # nothing listens there now: a connection error
+    resp = await client.post(
+        "/api/v1/webhooks/ping", json={"url": receiver.url}, headers=Keys.header(api_keys.user)
+    )
+    result = await resp.json()
+    assert set(result) == PING_FIELDS
+    assert result["status_code"] is None and result["delivered"] is False
+    assert "refused" not in (await resp.text()).lower()
+
+
+LONG_LABEL_URL = "https://" + "a" * 300 + ".example.com/hook"
+
+
+async def test_a_webhook_url_with_a_300_character_label_is_a_400_problem(
+    aiohttp_client: Any, config: Config, api_keys: Keys
+) -> None:
+    client = await app_client(aiohttp_client, config)
+    resp = await client.post(
+        "/api/v1/webhooks/ping", json={"url": LONG_LABEL_URL}, headers=Keys.header(api_keys.user)
+    )
+    assert resp.status == 400 and resp.content_type == "application/problem+json"
+    problem = await resp.json()
+    assert problem["type"].endswith("invalid-webhook-url") and problem["reason"] == "malformed"
+    assert "63 characters" in problem["detail"]
+    resp = await client.get(
+        "/api/v1/processes/0801234-38.2024.8.26.0100",
+        params={"webhook_url": LONG_LABEL_URL},
+        headers=Keys.header(api_keys.user),
+    )
+    assert resp.status == 400 and (await resp.json())["reason"] == "malformed"
+
+
 async def test_ping_refuses_a_private_url_with_the_reason(
     aiohttp_client: Any, config: Config, api_keys: Keys, receiver: Receiver
 ) -> None:
@@ -284,15 +346,15 @@ async def test_ping_refuses_a_private_url_with_the_reason(
 
 
 async def test_test_receiver_verifies_signatures_and_lists_them_to_the_signer(
-    aiohttp_client: Any, config: Config, api_keys: Keys
+    aiohttp_client: Any, receiver_config: Config, api_keys: Keys
 ) -> None:
-    client = await app_client(aiohttp_client, config)
+    client = await app_client(aiohttp_client, receiver_config)
     body = b'{"type":"ping","hello":"world"}'
     now = int(time.time())
     signed = {
         "webhook-id": "msg_abc",
         "webhook-timestamp": str(now),
-        "webhook-signature": webhooks.sign(api_keys.user.webhook_secret, "msg_abc", now, body),
+        "webhook-signature": outbox.sign(api_keys.user.webhook_secret, "msg_abc", now, body),
         "Content-Type": "application/json",
     }
     resp = await client.post("/api/v1/webhooks/webhook-test", data=body, headers=signed)
@@ -314,9 +376,54 @@ async def test_test_receiver_verifies_signatures_and_lists_them_to_the_signer(
     assert len((await resp.json())["messages"]) == 2
 
 
+def _signed(secret: str, body: bytes, msg_id: str = "msg_abc") -> dict[str, str]:
+    now = int(time.time())
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(now),
+        "webhook-signature": outbox.sign(secret, msg_id, now, body),
+        "Content-Type": "application/json",
+    }
+
+
+async def test_test_receiver_is_off_unless_switched_on(
+    aiohttp_client: Any, config: Config, api_keys: Keys
+) -> None:
+    # Public and checking signatures on each POST: a cost nobody should get for free in production.
+    assert config.webhooks.test_receiver is False
+    client = await app_client(aiohttp_client, config)
+    body = b'{"type":"ping"}'
+    resp = await client.post(
+        "/api/v1/webhooks/webhook-test",
+        data=body,
+        headers=_signed(api_keys.user.webhook_secret, body),
+    )
+    assert resp.status == 404
+    assert "webhooks.test_receiver" in (await resp.json())["detail"]
+    resp = await client.get("/api/v1/webhooks/webhook-test", headers=Keys.header(api_keys.user))
+    assert resp.status == 404
+
+
+async def test_test_receiver_checks_only_the_presented_keys_secret(
+    aiohttp_client: Any, receiver_config: Config, api_keys: Keys
+) -> None:
+    client = await app_client(aiohttp_client, receiver_config)
+    body = b'{"type":"ping"}'
+    signed = _signed(api_keys.user.webhook_secret, body)
+    path = "/api/v1/webhooks/webhook-test"
+    resp = await client.post(path, data=body, headers={**signed, **Keys.header(api_keys.user)})
+    assert (await resp.json())["verified"] is True
+    resp = await client.post(path, data=body, headers={**signed, **Keys.header(api_keys.other)})
+    assert (await resp.json())["verified"] is False
+    # A key that authenticates nobody is no reason to try every key's secret.
+    unknown = {"Authorization": "Bearer pdpj_" + "x" * 40}
+    resp = await client.post(path, data=body, headers={**signed, **unknown})
+    assert resp.status == 200 and (await resp.json())["verified"] is False
+
+
 @pytest.mark.parametrize("body", [b"{}", '{"name": "Petição"}'.encode(), b"x" * 10_000])
 def test_signatures_are_the_reference_librarys(body: bytes) -> None:
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     when = int(time.time())
     expected = Webhook(secret).sign("msg_1", datetime.fromtimestamp(when, tz=UTC), body.decode())
-    assert webhooks.sign(secret, "msg_1", when, body) == expected
+    assert outbox.sign(secret, "msg_1", when, body) == expected

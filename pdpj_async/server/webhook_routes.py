@@ -9,15 +9,16 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from . import keys, queries, state, webhooks
-from .errors import AuthError, InvalidRequest, NotFound
-from .keys import ApiKey
+from .. import keys
+from ..errors import AuthError, InvalidRequest, NotFound
+from ..keys import ApiKey
+from ..webhooks import outbox
+from ..webhooks.client import WebhookClient
+from ..webhooks.ssrf import Resolver
+from . import appkeys
 from .middleware import caller, presented_key
 from .openapi import Operation, Param, Route
-from .sender import WebhookClient
-from .ssrf import Resolver
 
-_SQL = queries.load("webhooks")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -28,15 +29,17 @@ class PingRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class PingResult(msgspec.Struct, kw_only=True):
-    """What the receiver made of the ping."""
+    """What the receiver made of the ping: its status and the latency, nothing it said.
+
+    The receiver's body and the connection error stay out: echoed back, they would turn the
+    ping into a probe of whatever answers at an address (banners, error pages, open ports).
+    """
 
     webhook_id: str
     url: str
     delivered: bool
     status_code: int | None
     latency_ms: float
-    error: str | None
-    response_body: str | None
 
 
 class TestReceiverAnswer(msgspec.Struct, kw_only=True):
@@ -54,7 +57,7 @@ class TestReceiverAnswer(msgspec.Struct, kw_only=True):
 class Inbox(msgspec.Struct, kw_only=True):
     """What the built-in test receiver got (signed with the caller's secret; admins: all)."""
 
-    messages: list[webhooks.ReceivedWebhook]
+    messages: list[outbox.ReceivedWebhook]
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -64,8 +67,8 @@ def _json(value: Any, status: int = 200) -> web.Response:
 async def redeliver(request: web.Request) -> web.Response:
     """POST /api/v1/webhook-deliveries/{id}/redeliver: a fresh round with the same webhook-id."""
     key = caller(request)
-    delivery = await webhooks.redeliver(
-        request.app[state.POOL],
+    delivery = await outbox.redeliver(
+        request.app[appkeys.POOL],
         request.match_info["id"],
         owner_id=None if key.is_admin else key.id,
     )
@@ -79,9 +82,9 @@ async def ping(request: web.Request) -> web.Response:
         body = msgspec.json.decode(await request.read(), type=PingRequest)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f'expected a JSON body {{"url": ...}}: {exc}') from None
-    client = request.app[state.WEBHOOK_CLIENT]
+    client = request.app[appkeys.WEBHOOK_CLIENT]
     await client.guard.validate(body.url)
-    msg_id = webhooks.new_webhook_id()
+    msg_id = outbox.new_webhook_id()
     payload = {
         "type": "ping",
         "webhook_id": msg_id,
@@ -98,51 +101,59 @@ async def ping(request: web.Request) -> web.Response:
             delivered=result.delivered,
             status_code=result.status_code,
             latency_ms=result.latency_ms,
-            error=result.error,
-            response_body=result.response_body,
         )
     )
 
 
 async def _signing_secrets(request: web.Request, key_id: int) -> list[str]:
-    row = await request.app[state.POOL].fetchrow(_SQL["key_secrets"], key_id)
-    if row is None:
+    overlap = request.app[appkeys.CONFIG].webhooks.secret_overlap_s
+    found = await outbox.key_signing_secrets(request.app[appkeys.POOL], key_id, overlap)
+    if found is None:
         raise NotFound("the API key is gone")
-    overlap = request.app[state.CONFIG].webhooks.secret_overlap_s
-    return webhooks.signing_secrets(
-        row["webhook_secret"], row["previous_webhook_secret"], row["rotated_s_ago"], overlap
-    )
+    return found
 
 
 async def _optional_key(request: web.Request) -> ApiKey | None:
     # The test receiver is public; a key, when given, says whose secret to try.
     presented = presented_key(request)
-    return await keys.authenticate(request.app[state.POOL], presented) if presented else None
+    return await keys.authenticate(request.app[appkeys.POOL], presented) if presented else None
+
+
+def _require_test_receiver(request: web.Request) -> None:
+    if not request.app[appkeys.CONFIG].webhooks.test_receiver:
+        raise NotFound("the built-in test receiver is off (webhooks.test_receiver)")
+
+
+async def _signer(request: web.Request, raw: bytes, headers: dict[str, str]) -> int | None:
+    """The id of the key whose secret signed the message, or None."""
+    pool = request.app[appkeys.POOL]
+    if presented_key(request):
+        # A presented key names the one secret to try: one check, however many keys exist.
+        try:
+            key = await _optional_key(request)
+        except AuthError:
+            return None
+        overlap = request.app[appkeys.CONFIG].webhooks.secret_overlap_s
+        own = await outbox.key_signing_secrets(pool, key.id, overlap) if key else None
+        return key.id if key and any(outbox.verify(s, raw, headers) for s in own or []) else None
+    # No key: every active key's secrets (a cost per request; the receiver is off outside dev).
+    for key_id, candidates in await outbox.active_secrets(pool):
+        if any(outbox.verify(s, raw, headers) for s in candidates):
+            return key_id
+    return None
 
 
 async def receive_test(request: web.Request) -> web.Response:
     """POST /api/v1/webhooks/webhook-test: verify the signature if we can, echo what came."""
+    _require_test_receiver(request)
     raw = await request.read()
     headers = {k.lower(): v for k, v in request.headers.items()}
-    try:
-        key = await _optional_key(request)
-    except AuthError:
-        # A public receiver: a key it cannot use only means trying every secret.
-        key = None
-    rows = await request.app[state.POOL].fetch(_SQL["active_secrets"])
-    signer = None
-    for row in rows:
-        if key is not None and row["id"] != key.id:
-            continue
-        candidates = [row["webhook_secret"], row["previous_webhook_secret"]]
-        if any(s and webhooks.verify(s, raw, headers) for s in candidates):
-            signer = row["id"]
-            break
+    signer = await _signer(request, raw, headers)
     try:
         body: Any = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         body = raw.decode("utf-8", errors="replace")
-    message = webhooks.ReceivedWebhook(
+    message = outbox.ReceivedWebhook(
         received_at=datetime.now(UTC),
         webhook_id=headers.get("webhook-id"),
         webhook_timestamp=headers.get("webhook-timestamp"),
@@ -152,7 +163,7 @@ async def receive_test(request: web.Request) -> web.Response:
         key_id=signer,
         body=body,
     )
-    request.app[state.WEBHOOK_TEST_INBOX].add(message)
+    request.app[appkeys.WEBHOOK_TEST_INBOX].add(message)
     return _json(
         TestReceiverAnswer(
             verified=message.verified,
@@ -166,10 +177,11 @@ async def receive_test(request: web.Request) -> web.Response:
 
 async def list_test(request: web.Request) -> web.Response:
     """GET /api/v1/webhooks/webhook-test: what the test receiver got, signed with your secret."""
+    _require_test_receiver(request)
     key = await _optional_key(request)
     if key is None:
         raise AuthError("listing received webhooks needs an API key")
-    inbox = request.app[state.WEBHOOK_TEST_INBOX]
+    inbox = request.app[appkeys.WEBHOOK_TEST_INBOX]
     return _json(Inbox(messages=inbox.visible_to(None if key.is_admin else key.id)))
 
 
@@ -179,9 +191,9 @@ def client_ctx(
     """The SSRF-guarded HTTP client that pings go through."""
 
     async def webhook_client_ctx(app: web.Application) -> AsyncIterator[None]:
-        client = WebhookClient(app[state.CONFIG].webhooks, resolver)
+        client = WebhookClient(app[appkeys.CONFIG].webhooks, resolver)
         await client.start()
-        app[state.WEBHOOK_CLIENT] = client
+        app[appkeys.WEBHOOK_CLIENT] = client
         try:
             yield
         finally:
@@ -192,8 +204,8 @@ def client_ctx(
 
 def setup_routes(app: web.Application, *, resolver: Resolver | None = None) -> None:
     """Register the webhook routes and the resources they use."""
-    keep = app[state.CONFIG].webhooks.test_receiver_keep
-    app[state.WEBHOOK_TEST_INBOX] = webhooks.TestInbox(keep)
+    keep = app[appkeys.CONFIG].webhooks.test_receiver_keep
+    app[appkeys.WEBHOOK_TEST_INBOX] = outbox.TestInbox(keep)
     app.cleanup_ctx.append(client_ctx(resolver))
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
@@ -203,7 +215,7 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/webhook-deliveries/{id}/redeliver", redeliver, Operation(
         "Redeliver a webhook", "Queues a fresh round of attempts with the same webhook-id.",
         params=[Param("id", "path", "delivery id (the webhook-id)")],
-        responses={202: webhooks.Delivery})),
+        responses={202: outbox.Delivery})),
     Route("POST", "/api/v1/webhooks/ping", ping, Operation(
         "Ping a webhook URL", "Sends a signed `ping` event to the URL and reports the answer.",
         body=PingRequest, responses={200: PingResult})),

@@ -1,14 +1,11 @@
-"""The PDPJ-Br client: process details parsed into Structs, bodies streamed, failures sorted."""
+"""The PDPJ-Br client: process details fetched and parsed, bodies streamed, failures sorted."""
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
 
@@ -17,10 +14,10 @@ import msgspec
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from . import logs
-from .cnj import ProcessNumber
-from .config import PdpjConfig
-from .errors import (
+from .. import logs
+from ..cnj import ProcessNumber
+from ..config import PdpjConfig
+from ..errors import (
     ContentMismatch,
     UpstreamAuthExpired,
     UpstreamError,
@@ -28,210 +25,27 @@ from .errors import (
     UpstreamPermanent,
     UpstreamTransient,
 )
-from .ratelimit import TokenBucket
+from ..ratelimit import TokenBucket
+from ..retry import parse_retry_after
+from .parse import (
+    UpstreamProcess,
+    check_content,
+    href_problem,
+    looks_like_html,
+    parse_process,
+)
 from .tokens import TokenProvider
 
 log = logs.get_logger(__name__)
 
-# PDPJ writes local times without an offset; Brasília has had no daylight saving since 2019.
-BRASILIA = timezone(timedelta(hours=-3), "BRT")
 # Bytes read before a stream is handed over: enough to tell a PDF, an HTML page, or a JSON note.
 HEAD_BYTES = 1024
 # A JSON answer on /binario at most this long is the "not ready yet" note, not a document.
 NOT_READY_MAX_BYTES = 64 * 1024
 DEFAULT_CHUNK = 256 * 1024
 
-_UUID_IN_HREF = re.compile(r"/documentos/([^/?#]+)/binario")
-_HTML_START = re.compile(rb"^\s*(<!doctype\s+html|<html|<head|<body|<!--|<meta|<title)", re.I)
-
 # Response hook for metrics: (status or None for a transport error, what was called).
 ResponseHook = Callable[[int | None, str], None]
-
-
-class UpstreamDocument(msgspec.Struct, kw_only=True):
-    """One document of a process, as listed by PDPJ."""
-
-    uuid: str
-    name: str
-    type_name: str | None
-    mime_type: str | None
-    declared_size: int | None
-    sequence: int | None
-    juntada_at: datetime | None
-    sigilo: str | None
-    href: str
-    raw: dict[str, Any]
-
-
-class UpstreamProcess(msgspec.Struct, kw_only=True):
-    """A process's details: what the service stores, plus the raw payload."""
-
-    number: str
-    court: str | None
-    class_name: str | None
-    subject: str | None
-    last_movement: str | None
-    last_movement_at: datetime | None
-    instances: list[str]
-    sigilo_level: int
-    documents: list[UpstreamDocument]
-    raw: dict[str, Any]
-
-
-def parse_datetime(value: Any) -> datetime | None:
-    """A PDPJ timestamp ("2024-08-02T17:22:09.301", Brasília time) as an aware datetime."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=BRASILIA)
-
-
-def _first(items: Any, key: str) -> Any:
-    if isinstance(items, list) and items and isinstance(items[0], dict):
-        return items[0].get(key)
-    return None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def uuid_from_href(href: str) -> str | None:
-    """The document uuid inside a hrefBinario."""
-    match = _UUID_IN_HREF.search(href)
-    return match.group(1) if match else None
-
-
-def _document(entry: dict[str, Any]) -> UpstreamDocument | None:
-    href = _str(entry.get("hrefBinario"))
-    uuid = uuid_from_href(href) if href else None
-    if href is None or uuid is None:
-        return None
-    arquivo = _dict(entry.get("arquivo"))
-    tipo = _dict(entry.get("tipo"))
-    return UpstreamDocument(
-        uuid=uuid,
-        name=_str(entry.get("nome")) or uuid,
-        type_name=_str(tipo.get("nome")),
-        mime_type=_str(arquivo.get("tipo")),
-        declared_size=_int(arquivo.get("tamanho")),
-        sequence=_int(entry.get("sequencia")),
-        juntada_at=parse_datetime(entry.get("dataHoraJuntada")),
-        sigilo=_str(entry.get("nivelSigilo")),
-        href=href,
-        raw=entry,
-    )
-
-
-def _instances(raw: dict[str, Any]) -> list[dict[str, Any]]:
-    # tramitacoes is absent for a single-instance process and may repeat the current one.
-    current = raw.get("tramitacaoAtual")
-    others = raw.get("tramitacoes")
-    found = [current] if isinstance(current, dict) else []
-    if isinstance(others, list):
-        found.extend(t for t in others if isinstance(t, dict))
-    return found
-
-
-def list_documents(raw: dict[str, Any]) -> list[UpstreamDocument]:
-    """Documents of every instance, deduplicated by uuid, preferring an entry with `arquivo`."""
-    by_uuid: dict[str, UpstreamDocument] = {}
-    for instance in _instances(raw):
-        entries = instance.get("documentos")
-        for entry in entries if isinstance(entries, list) else []:
-            doc = _document(entry) if isinstance(entry, dict) else None
-            if doc is None:
-                continue
-            kept = by_uuid.get(doc.uuid)
-            if kept is None or (kept.mime_type is None and doc.mime_type is not None):
-                by_uuid[doc.uuid] = doc
-    return sorted(by_uuid.values(), key=lambda d: (d.sequence is None, d.sequence or 0, d.uuid))
-
-
-def scrub(value: Any) -> Any:
-    """The payload without NUL characters, which PostgreSQL refuses in text and jsonb."""
-    if isinstance(value, str):
-        return value.replace("\x00", "") if "\x00" in value else value
-    if isinstance(value, dict):
-        return {scrub(k): scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v) for v in value]
-    return value
-
-
-def parse_process(raw: dict[str, Any], number: ProcessNumber | None = None) -> UpstreamProcess:
-    """Build an UpstreamProcess from one details object (NUL characters dropped)."""
-    raw = scrub(raw)
-    instances = _instances(raw)
-    current = instances[0] if instances else {}
-    movement_source = next((t for t in instances if t.get("movimentos")), current)
-    digits = re.sub(r"\D", "", str(raw.get("numeroProcesso") or ""))
-    if len(digits) != 20:
-        digits = number.digits if number is not None else digits
-    tribunal = _dict(current.get("tribunal"))
-    grades = [t.get("grau") for t in instances]
-    names = {g["sigla"] for g in grades if isinstance(g, dict) and _str(g.get("sigla"))}
-    return UpstreamProcess(
-        number=digits,
-        court=_str(raw.get("siglaTribunal")) or _str(tribunal.get("sigla")),
-        class_name=_str(_first(current.get("classe"), "descricao")),
-        subject=_str(_first(current.get("assunto"), "descricao")),
-        last_movement=_str(_first(movement_source.get("movimentos"), "descricao")),
-        last_movement_at=parse_datetime(_first(movement_source.get("movimentos"), "dataHora")),
-        instances=sorted(names),
-        sigilo_level=_int(raw.get("nivelSigilo")) or 0,
-        documents=list_documents(raw),
-        raw=raw,
-    )
-
-
-def looks_like_html(first_bytes: bytes) -> bool:
-    """True when the bytes start like an HTML page (the PDPJ web shell, an error page)."""
-    return bool(_HTML_START.match(first_bytes.lstrip(b"\xef\xbb\xbf")[:512]))
-
-
-def check_content(declared_mime: str | None, first_bytes: bytes) -> str | None:
-    """Why the first bytes cannot be the declared document, or None when they can."""
-    if declared_mime == "text/html" or not first_bytes:
-        return None
-    if looks_like_html(first_bytes):
-        return f"PDPJ sent an HTML page where {declared_mime or 'a file'} was expected"
-    if declared_mime == "application/pdf" and not first_bytes.startswith(b"%PDF-"):
-        return "PDPJ sent bytes that do not start with %PDF- for a document declared as PDF"
-    return None
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """A Retry-After header (seconds or an HTTP date) as seconds from now."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
 class DocumentStream:
@@ -306,6 +120,8 @@ class PdpjClient:
         # Responses by status code ("200", "429", ...) and "error" for transport failures.
         self.responses: Counter[str] = Counter()
         self.on_response = on_response
+        # A Retry-After never holds a document back longer than this (NaN, inf, year 9999...).
+        self._retry_cap = config.retry_after_cap_s
 
     async def __aenter__(self) -> PdpjClient:
         return self
@@ -331,8 +147,12 @@ class PdpjClient:
         return self._session
 
     def url_for(self, href: str) -> URL:
-        """Join an href to the API base (never to the host); absolute URLs are kept."""
-        if href.startswith(("http://", "https://")):
+        """Join an href to the API base (never to the host); another origin: UpstreamPermanent."""
+        # An absolute href to another host or scheme would carry the bearer token away.
+        problem = href_problem(href, self.base)
+        if problem is not None:
+            raise UpstreamPermanent(f"refused to fetch the document: {problem}")
+        if ":" in href.split("/", 1)[0]:
             return URL(href)
         base_path = self.base.path.rstrip("/")
         path = href if href.startswith("/") else "/" + href
@@ -404,7 +224,7 @@ class PdpjClient:
                 "PDPJ's gateway refused the request (403 with an HTML page); "
                 "it refuses clients without a browser-like pdpj.user_agent"
             )
-        _raise_for_status(status, headers, "the process details")
+        _raise_for_status(status, headers, "the process details", self._retry_cap)
         if content_type == "text/html" or looks_like_html(body[:512]):
             raise UpstreamPermanent(
                 "PDPJ answered an HTML page instead of process details; check pdpj.base_url "
@@ -418,7 +238,7 @@ class PdpjClient:
             data = data[0] if data else None
         if not isinstance(data, dict) or not data:
             raise UpstreamNotFound(f"PDPJ has no process {number.masked}")
-        return parse_process(data, number)
+        return parse_process(data, number, self.base)
 
     @asynccontextmanager
     async def stream_document(
@@ -428,7 +248,7 @@ class PdpjClient:
         # Identity encoding keeps Content-Length comparable with the bytes received.
         headers = {"Accept": "*/*", "Accept-Encoding": "identity"}
         async with self._request(self.url_for(href), headers, "binary") as resp:
-            _raise_for_status(resp.status, resp.headers, "the document")
+            _raise_for_status(resp.status, resp.headers, "the document", self._retry_cap)
             try:
                 head, eof = await _read_head(resp)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
@@ -440,7 +260,7 @@ class PdpjClient:
             if json_note and expected_mime != "application/json":
                 raise UpstreamTransient(
                     "PDPJ answered a short JSON note instead of the file (not ready yet)",
-                    retry_after=retry_after_seconds(resp.headers.get("Retry-After")),
+                    retry_after=parse_retry_after(resp.headers.get("Retry-After"), self._retry_cap),
                 )
             if expected_mime is not None and (reason := check_content(expected_mime, head)):
                 raise ContentMismatch(reason)
@@ -458,12 +278,12 @@ async def _read_head(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     return head, resp.content.at_eof()
 
 
-def _raise_for_status(status: int, headers: Any, what: str) -> None:
+def _raise_for_status(status: int, headers: Any, what: str, retry_cap_s: float) -> None:
     """Sort a non-2xx answer into the upstream errors."""
     if 200 <= status < 300:
         return
     if status == 429 or status in (408, 425) or status >= 500:
-        retry = retry_after_seconds(headers.get("Retry-After"))
+        retry = parse_retry_after(headers.get("Retry-After"), retry_cap_s)
         raise UpstreamTransient(f"PDPJ answered {status} for {what}", retry_after=retry)
     if status == 403:
         raise UpstreamPermanent(f"PDPJ refused {what} (403): sigiloso or no access")
@@ -477,13 +297,9 @@ __all__ = [
     "DocumentStream",
     "PdpjClient",
     "UpstreamAuthExpired",
-    "UpstreamDocument",
     "UpstreamError",
     "UpstreamNotFound",
     "UpstreamPermanent",
     "UpstreamProcess",
     "UpstreamTransient",
-    "check_content",
-    "looks_like_html",
-    "parse_process",
 ]

@@ -14,9 +14,8 @@ from uuid import UUID
 import msgspec
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from . import queries
-from .db import Executor
-from .errors import NotFound
+from ..db import Executor, queries
+from ..errors import NotFound
 
 _SQL = queries.load("webhooks")
 
@@ -98,9 +97,10 @@ def new_webhook_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def status_url(public_url: str, job_id: UUID | str) -> str:
-    """Where a client reads a job's full state."""
-    return f"{public_url.rstrip('/')}/api/v1/jobs/{job_id}"
+def status_url(public_url: str, process_number: str) -> str:
+    """Where a client reads the status of the job's process: every document, with links."""
+    digits = "".join(c for c in process_number if c.isdigit())
+    return f"{public_url.rstrip('/')}/api/v1/processes/{digits}/status"
 
 
 def event_for_status(status: str) -> str:
@@ -139,7 +139,7 @@ def build_job_payload(
         completed_documents=job["completed_documents"],
         failed_documents=job["failed_documents"],
         documents=listed,
-        status_url=status_url(public_url, job["id"]),
+        status_url=status_url(public_url, job["process_number"]),
         completed_at=completed_at.isoformat() if completed_at is not None else None,
         documents_truncated=len(documents) > max_documents,
     )
@@ -288,6 +288,25 @@ def signing_secrets(
     if previous and rotated_s_ago is not None and rotated_s_ago < overlap_s:
         return [current, previous]
     return [current]
+
+
+async def key_signing_secrets(conn: Executor, key_id: int, overlap_s: float) -> list[str] | None:
+    """The secrets a key's messages are signed with now (None when the key is gone)."""
+    row = await conn.fetchrow(_SQL["key_secrets"], key_id)
+    if row is None:
+        return None
+    return signing_secrets(
+        row["webhook_secret"], row["previous_webhook_secret"], row["rotated_s_ago"], overlap_s
+    )
+
+
+async def active_secrets(conn: Executor) -> list[tuple[int, list[str]]]:
+    """Each active key's id with its current and previous secrets (for the test receiver)."""
+    rows = await conn.fetch(_SQL["active_secrets"])
+    return [
+        (row["id"], [s for s in (row["webhook_secret"], row["previous_webhook_secret"]) if s])
+        for row in rows
+    ]
 
 
 def verify(secret: str, body: bytes, headers: dict[str, str]) -> bool:

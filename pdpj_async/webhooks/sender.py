@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import functools
 import random
 import secrets
 import socket
-import ssl
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import asyncpg
 import msgspec
-from yarl import URL
 
-from . import __version__, queries
-from .config import WebhooksConfig
-from .db import DB_ERRORS
-from .errors import WebhookUrlRefused
-from .logs import get_logger
-from .ssrf import ConnectRefused, GuardedResolver, Resolver, UrlGuard
-from .webhooks import MAX_TEXT, NOTIFY_CHANNEL, signature_header, signing_secrets
+from ..config import WebhooksConfig
+from ..db import DB_ERRORS, queries
+from ..db.listen import dedicated, listen_forever
+from ..logs import get_logger
+from ..tasks import Supervisor
+from .client import AttemptResult, WebhookClient
+from .outbox import NOTIFY_CHANNEL, signing_secrets
+from .ssrf import Resolver
 
 log = get_logger(__name__)
 
@@ -35,7 +29,6 @@ _SQL = queries.load("webhooks")
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
-USER_AGENT = f"pdpj-async/{__version__} (+webhooks)"
 # Finished attempts are written together: at most this long after the first, or as soon as
 # twice `concurrency` are waiting.
 RECORD_WAIT_S = 0.02
@@ -45,138 +38,6 @@ RECORD_TRIES = 3
 CLAIM_AHEAD_ROUNDS = 2
 # Fills fresh download URLs (or anything else only known at send time) into a stored payload.
 FinalizePayload = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class AttemptResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What one POST got: a status code and a body, or an error."""
-
-    status_code: int | None
-    latency_ms: float
-    error: str | None = None
-    response_body: str | None = None
-    retry_after: float | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.status_code is not None and 200 <= self.status_code < 300
-
-
-class WebhookClient:
-    """POSTs signed messages through a session that connects only to checked addresses."""
-
-    def __init__(self, config: WebhooksConfig, resolver: Resolver | None = None) -> None:
-        self.config = config
-        self.guard = UrlGuard(config, resolver)
-        self._session: aiohttp.ClientSession | None = None
-        # The static check depends on the URL and the config alone: once per URL, not per POST.
-        self._checked = functools.lru_cache(maxsize=1024)(self._check_static)
-
-    async def start(self) -> None:
-        """Open the HTTP session."""
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self.guard),
-            # Every new connection resolves (and checks) again: no cached answer outlives a check.
-            use_dns_cache=False,
-            limit=max(self.config.concurrency, 1) * 2,
-            family=socket.AF_UNSPEC,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            headers={"User-Agent": USER_AGENT},
-            auto_decompress=False,
-        )
-
-    async def close(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def post(
-        self, url: str, msg_id: str, body: bytes, signing: list[str], attempt: int
-    ) -> AttemptResult:
-        """One signed POST; never raises for a receiver's failure, returns it instead."""
-        assert self._session is not None, "WebhookClient.start() was not called"
-        started = time.perf_counter()
-        checked = self._checked(url)
-        if isinstance(checked, str):
-            return AttemptResult(status_code=None, latency_ms=0.0, error=f"refused: {checked}")
-        timestamp = int(time.time())
-        headers = {
-            "Content-Type": "application/json",
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(signing, msg_id, timestamp, body),
-            "X-Webhook-Attempt": str(attempt),
-        }
-        try:
-            async with self._session.post(
-                checked, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                text = await _read_capped(response, self.config.max_response_bytes)
-                return AttemptResult(
-                    status_code=response.status,
-                    latency_ms=_ms_since(started),
-                    response_body=text,
-                    error=None if response.status < 300 else f"HTTP {response.status}",
-                    retry_after=_retry_after(response.headers.get("Retry-After")),
-                )
-        except aiohttp.ClientConnectorError as exc:
-            error = _connect_error(exc)
-        except TimeoutError:
-            error = f"timeout after {self.config.timeout_s:g} s"
-        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        return AttemptResult(
-            status_code=None, latency_ms=_ms_since(started), error=error[:MAX_TEXT]
-        )
-
-    def _check_static(self, url: str) -> URL | str:
-        # The parsed URL, or why it is refused.
-        try:
-            return self.guard.check_static(url)
-        except WebhookUrlRefused as exc:
-            return exc.detail
-
-
-def _setter(event: asyncio.Event) -> Callable[[object], None]:
-    return lambda _conn: event.set()
-
-
-def _connect_error(exc: aiohttp.ClientConnectorError) -> str:
-    if isinstance(exc.os_error, ConnectRefused):
-        return f"refused at connect time: {exc.os_error.refusal.detail}"
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
-        return f"TLS error: {exc}"
-    return f"connection failed: {exc.os_error.strerror or exc.os_error}"
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> str:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit and not response.content.at_eof():
-        chunk = await response.content.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks).decode("utf-8", errors="replace")
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value.strip())
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return None
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def next_delay(config: WebhooksConfig, round_attempts: int, result: AttemptResult) -> float | None:
@@ -218,14 +79,15 @@ class Sender:
         resolver: Resolver | None = None,
         finalize_payload: FinalizePayload | None = None,
         instance_id: str = "",
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.pool = pool
+        self.supervisor = supervisor or Supervisor()
         self.config = config
         self.dsn = dsn
         self.finalize_payload = finalize_payload
         self.instance_id = instance_id or f"{socket.gethostname()}:{id(self):x}"
         self.client = WebhookClient(config, resolver)
-        self.failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
         self._slots = max(config.concurrency, 1)
         # A claimed row may wait for the attempts queued before it (at worst a timeout each),
         # then take its own: all of it, plus one timeout of margin, inside its lease, or another
@@ -253,9 +115,9 @@ class Sender:
         # Bound once: the module-level proxy rebuilds its logger on every call, a cost per attempt.
         self._log = log.bind(instance=self.instance_id)
         self._tasks = [
-            asyncio.create_task(self._watch(self._claim_loop()), name="webhook-sender"),
-            asyncio.create_task(self._watch(self._listen_loop()), name="webhook-listener"),
-            asyncio.create_task(self._watch(self._record_loop()), name="webhook-recorder"),
+            self.supervisor.start("webhook-sender", self._claim_loop()),
+            self.supervisor.start("webhook-listener", self._listen_loop()),
+            self.supervisor.start("webhook-recorder", self._record_loop()),
         ]
         log.info("webhook_sender_started", instance=self.instance_id)
 
@@ -263,6 +125,7 @@ class Sender:
         """Claim nothing more, let attempts in flight finish (or release them), record, close."""
         self._stopping.set()
         self._wake.set()
+        self.supervisor.release(*self._tasks)
         loops = [t for t in self._tasks if t.get_name() != "webhook-recorder"]
         for task in loops:
             if task.get_name() == "webhook-listener":
@@ -288,42 +151,18 @@ class Sender:
             delivered=self.delivered,
         )
 
-    async def _watch(self, work: Awaitable[None]) -> None:
-        # A side task that dies unexpectedly must not leave a silent, half-working sender.
-        try:
-            await work
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            log.exception("webhook_sender_died", instance=self.instance_id)
-            if not self.failed.done():
-                self.failed.set_result(exc)
-            raise
-
     async def _listen_loop(self) -> None:
-        def wake(*_: object) -> None:
-            self._wake.set()
-
-        while not self._stopping.is_set():
-            try:
-                async with contextlib.AsyncExitStack() as stack:
-                    conn = await self._listener_connection(stack)
-                    await conn.add_listener(NOTIFY_CHANNEL, wake)
-                    lost = asyncio.Event()
-                    conn.add_termination_listener(_setter(lost))
-                    # Anything queued while we were not listening is due now.
-                    self._wake.set()
-                    await lost.wait()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("webhook_listener_lost", error=str(exc))
-            await asyncio.sleep(min(self.config.poll_interval_s, 5.0))
-
-    async def _listener_connection(self, stack: contextlib.AsyncExitStack) -> Any:
-        if self.dsn:
-            conn = await asyncpg.connect(self.dsn)
-            stack.push_async_callback(conn.close)
-            return conn
-        return await stack.enter_async_context(self.pool.acquire())
+        connector = (
+            dedicated(self.dsn, "pdpj-async-webhooks") if self.dsn else lambda: self.pool.acquire()
+        )
+        await listen_forever(
+            connector,
+            {NOTIFY_CHANNEL: lambda _payload: self._wake.set()},
+            name="webhooks",
+            # Anything queued while we were not listening is due now.
+            on_listening=self._wake.set,
+            check_every_s=min(self.config.poll_interval_s, 5.0),
+        )
 
     # --- claiming and dispatching -------------------------------------------------------------
 
@@ -392,7 +231,7 @@ class Sender:
                 [r["id"] for r in rows],
                 [r["lease_owner"] for r in rows],
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             # Not lost: their leases run out and any sender takes them then.
             log.warning("webhook_unsent_not_released", count=len(rows), error=str(exc))
 
@@ -471,7 +310,7 @@ class Sender:
             try:
                 rows = await self.pool.fetch(_SQL["finish_attempts"], rows_in)
                 break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DB_ERRORS as exc:
                 log.warning(
                     "webhook_attempts_not_recorded", count=len(batch), tries=attempt, error=str(exc)
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Protocol
@@ -11,8 +12,8 @@ from typing import Protocol
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .config import WebhooksConfig
-from .errors import WebhookUrlRefused
+from ..config import WebhooksConfig
+from ..errors import ConfigError, WebhookUrlRefused
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -40,6 +41,11 @@ _V4_RANGES: list[tuple[ipaddress.IPv4Network, str]] = [
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved"),
 ]
 _V6_RANGES: list[tuple[ipaddress.IPv6Network, str]] = [
+    # Before fc00::/7, which holds it: the metadata address must read as what it is.
+    (ipaddress.IPv6Network("fd00:ec2::254/128"), "cloud-metadata"),
+    # A dual-stack socket sends these to the IPv4 address inside: no receiver needs them.
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "ipv4-mapped"),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), "ipv4-mapped"),
     (ipaddress.IPv6Network("::/128"), "unspecified"),
     (ipaddress.IPv6Network("::1/128"), "loopback"),
     (ipaddress.IPv6Network("fe80::/10"), "link-local"),
@@ -50,8 +56,17 @@ _V6_RANGES: list[tuple[ipaddress.IPv6Network, str]] = [
     (ipaddress.IPv6Network("3fff::/20"), "documentation"),
     (ipaddress.IPv6Network("2001:2::/48"), "benchmarking"),
     (ipaddress.IPv6Network("100::/64"), "reserved"),
-    (ipaddress.IPv6Network("fd00:ec2::254/128"), "cloud-metadata"),
 ]
+# Refused even with allow_private_networks: reaching these is never a webhook.
+_HARD = frozenset(
+    {"unspecified", "loopback", "link-local", "cloud-metadata", "ipv4-mapped", "multicast",
+     "broadcast"}
+)  # fmt: skip
+# Refused even inside webhooks.allowed_networks.
+_NEVER = frozenset({"cloud-metadata", "ipv4-mapped"})
+# A host name label after IDNA encoding (RFC 1123; "_" as resolvers accept it).
+_LABEL = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
+MAX_URL = 2048
 
 
 class Resolver(Protocol):
@@ -140,13 +155,13 @@ def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def address_problem(ip: IPAddress) -> str | None:
     """Why `ip` is not a public address (a short reason), or None when it is public."""
     if isinstance(ip, ipaddress.IPv6Address):
+        for net6, reason in _V6_RANGES:
+            if ip in net6:
+                return reason
         inner = _embedded_v4(ip)
         if inner is not None:
             problem = address_problem(inner)
             return f"{problem} (embedded in IPv6)" if problem else None
-        for net6, reason in _V6_RANGES:
-            if ip in net6:
-                return reason
     else:
         for net4, reason in _V4_RANGES:
             if ip in net4:
@@ -159,50 +174,61 @@ def _refuse(reason: str, detail: str) -> WebhookUrlRefused:
 
 
 class UrlGuard:
-    """Validates webhook URLs against the scheme, credentials, allow-list and address rules."""
+    """Validates webhook URLs against the scheme, credentials, allow-lists and address rules."""
 
     def __init__(self, config: WebhooksConfig, resolver: Resolver | None = None) -> None:
         self.config = config
         self.resolver: Resolver = resolver or SystemResolver()
-        self._allowed = [d.strip(".").lower() for d in config.allowed_domains if d.strip(".")]
+        domains = [d.strip().lower().removeprefix("*.").strip(".") for d in config.allowed_domains]
+        # ["*"] (or nothing) admits every public host.
+        self._allowed = [] if "*" in domains else [d for d in domains if d]
+        self._networks = _networks(config.allowed_networks)
+        self._ports = frozenset(config.allowed_ports)
 
     def check_static(self, url: str) -> URL:
-        """Everything that needs no DNS: scheme, userinfo, allow-list, IP literals; raises."""
+        """Everything that needs no DNS: scheme, userinfo, host, port, allow-list; raises."""
+        if not isinstance(url, str):
+            raise _refuse("malformed", "not a valid URL")
+        if len(url) > MAX_URL:
+            raise _refuse("too-long", f"the URL is longer than {MAX_URL} characters")
         try:
             parsed = URL(url)
+            port = parsed.port
         except (ValueError, TypeError):
+            # yarl reports a bad host (IDNA, characters) or port as ValueError or UnicodeError.
             raise _refuse("malformed", "not a valid URL") from None
         if parsed.scheme not in ("http", "https"):
             raise _refuse("scheme", "only http and https URLs are accepted")
         if parsed.user is not None or parsed.password is not None:
             raise _refuse("credentials", "credentials in the URL are not accepted")
-        host = (parsed.host or "").rstrip(".").lower()
-        if not host:
-            raise _refuse("no-host", "the URL has no host")
-        if len(url) > 2048:
-            raise _refuse("too-long", "the URL is longer than 2048 characters")
+        host = _checked_host(parsed.raw_host or "")
         literal = parse_ip(host)
         if self._allowed and not self._domain_allowed(host, literal):
             raise _refuse("domain-not-allowed", f"{host} is not in webhooks.allowed_domains")
         if literal is not None:
             self.check_address(literal)
+        self._check_port(port)
         return parsed
 
     async def validate(self, url: str) -> URL:
         """The full check, resolving the host; raises WebhookUrlRefused with a reason."""
         parsed = self.check_static(url)
-        host = (parsed.host or "").rstrip(".")
-        if parse_ip(host) is None and not self.config.allow_private_networks:
+        host = (parsed.raw_host or "").rstrip(".")
+        if parse_ip(host) is None:
             await self.resolve_checked(host)
         return parsed
 
     def check_address(self, ip: IPAddress) -> None:
-        """Raise WebhookUrlRefused unless `ip` is public or private networks are allowed."""
-        if self.config.allow_private_networks:
-            return
+        """Raise WebhookUrlRefused unless `ip` is public or the config admits it."""
         problem = address_problem(ip)
-        if problem is not None:
-            raise _refuse(problem.split(" ")[0], f"{ip} is not a public address ({problem})")
+        if problem is None:
+            return
+        reason = problem.split(" ")[0]
+        if reason not in _NEVER and any(ip in net for net in self._networks):
+            return
+        if self.config.allow_private_networks and reason not in _HARD:
+            return
+        raise _refuse(reason, f"{ip} is not a public address ({problem})")
 
     async def resolve_checked(self, host: str) -> list[IPAddress]:
         """Resolve `host` and check every address; only checked addresses come back."""
@@ -212,7 +238,8 @@ class UrlGuard:
             return [literal]
         try:
             answers = await self.resolver.resolve(host)
-        except OSError:
+        except (OSError, UnicodeError):
+            # UnicodeError: a name the IDNA codec cannot encode never resolves either.
             raise _refuse("unresolvable", f"{host} does not resolve") from None
         addresses = [a for a in (parse_ip(x) for x in answers) if a is not None]
         if not addresses:
@@ -224,10 +251,51 @@ class UrlGuard:
                 raise _refuse(exc.reason, f"{host} resolves to {address}: {exc.detail}") from None
         return addresses
 
+    def _check_port(self, port: int | None) -> None:
+        if not port:
+            raise _refuse("port", "the URL names no usable port (0)")
+        if self._ports and port not in self._ports:
+            allowed = ", ".join(str(p) for p in sorted(self._ports))
+            raise _refuse("port", f"port {port} is not in webhooks.allowed_ports ({allowed})")
+
     def _domain_allowed(self, host: str, literal: IPAddress | None) -> bool:
         if literal is not None:
             return host in self._allowed
         return any(host == d or host.endswith("." + d) for d in self._allowed)
+
+
+def _checked_host(raw_host: str) -> str:
+    """The host in lower case without its final dot; raises unless it is a sound name or IP."""
+    host = raw_host.rstrip(".").lower()
+    if not host:
+        raise _refuse("no-host", "the URL has no host")
+    if "%" in host:
+        raise _refuse("malformed", "the host has a zone identifier or an escaped character")
+    if parse_ip(host) is not None:
+        return host
+    labels = host.split(".")
+    for label in labels:
+        if not 1 <= len(label) <= 63:
+            raise _refuse("malformed", "a host name label is empty or longer than 63 characters")
+        if not _LABEL.match(label):
+            raise _refuse("malformed", "the host name has characters a host name cannot have")
+    if len(host) > 253:
+        raise _refuse("malformed", "the host name is longer than 253 characters")
+    if labels[-1].isdigit():
+        # WHATWG reads a numeric last label as IPv4: one that does not parse is no name either.
+        raise _refuse("malformed", "the host looks like an IPv4 address but is not one")
+    return host
+
+
+def _networks(cidrs: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """webhooks.allowed_networks parsed; raises ConfigError naming a bad entry."""
+    networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"webhooks.allowed_networks: {cidr!r} is not a CIDR range") from None
+    return networks
 
 
 class ConnectRefused(OSError):

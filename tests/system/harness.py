@@ -52,7 +52,9 @@ def daemon_config(
             "max_attempts": 8,
         },
         "webhooks": {
-            "allow_private_networks": True,
+            # Receivers are on 127.0.0.1 at random ports: loopback listed explicitly.
+            "allowed_networks": ["127.0.0.0/8"],
+            "allowed_ports": [],
             "schedule_s": [0, 0.2, 0.5, 1, 1, 1, 1, 1, 1, 1],
             "timeout_s": 2.0,
             "lease_s": 3.0,
@@ -186,8 +188,14 @@ async def audit_end_state(
             wrong.append((doc["uuid"], doc["status"], doc["error_message"]))
     assert not wrong, f"{len(wrong)} documents not verified: {wrong[:5]}"
 
-    keys = bucket.keys()
+    # Each stored document may have its extracted text beside it (`…/text.txt`): one at most,
+    # and only beside a stored document.
+    listed = bucket.keys()
+    texts = [k for k in listed if k.endswith("/text.txt")]
+    keys = [k for k in listed if not k.endswith("/text.txt")]
     stored = {d["storage_key"] for d in docs if d["status"] == "available"}
+    folders = {key.rsplit("/", 1)[0] for key in stored}
+    assert all(t.rsplit("/", 1)[0] in folders for t in texts), texts[:3]
     assert len(stored) == len([d for d in docs if d["status"] == "available"])
     assert sorted(keys) == sorted(stored), (
         f"bucket has {len(keys)} objects for {len(stored)} documents; "

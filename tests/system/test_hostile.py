@@ -83,7 +83,13 @@ async def running(
 ) -> AsyncIterator[Running]:
     """A daemon on the filesystem store with one finished job of `user`'s."""
     await sandbox.override(NUMBER, documents=[{"size": 2_000}] * 2)
-    config = daemon_config(db_dsn, tmp_path, pdpj_config, unused_tcp_port_factory(), None, "h1")
+    # Every wrong key here must meet its 401; the per-address budget for requests without a
+    # valid key (a 429 once spent: test_auth.py) is set out of the way.
+    flood_budget = {"unauthenticated_per_s": 10_000, "unauthenticated_burst": 10_000}
+    config = daemon_config(
+        db_dsn, tmp_path, pdpj_config, unused_tcp_port_factory(), None, "h1",
+        rate_limit=flood_budget,
+    )  # fmt: skip
     daemon = Daemon(config, tmp_path / "hostile.log")
     daemon.start()
     try:
@@ -194,6 +200,55 @@ async def test_fifty_malformed_numbers_are_refused_with_a_problem(running: Runni
                     if resp.status == 400:
                         assert resp.content_type == "application/problem+json", (raw, body)
                         assert json.loads(body)["detail"], (raw, body)
+
+
+# Each refused by the guard before any lookup: no DNS is needed to answer them.
+HOSTILE_WEBHOOK_URLS = [
+    "https://" + "a" * 300 + ".example.com/hook",
+    "https://" + "\u00e9" * 300 + ".example.com/hook",
+    "https://" + "abcdefgh." * 40 + "com/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://[::ffff:8.8.8.8]/",
+    "http://[fe80::1%25eth0]/",
+    "http://169.254.169.254/latest/meta-data/",
+    "http://[fd00:ec2::254]/",
+    "https://hooks.example.com:6379/",
+    "http://ex%20ample.com/",
+    "http://1.2.3.999/",
+    "http://a..b/",
+    "http://hooks.example.com:99999/",
+]
+
+
+async def test_hostile_webhook_urls_and_foreign_digits_get_a_400_problem(running: Running) -> None:
+    number = "0801234-38.2024.8.26.0100"
+    async with aiohttp.ClientSession() as http:
+        for url in HOSTILE_WEBHOOK_URLS:
+            calls: list[tuple[str, str, dict[str, Any]]] = [
+                ("GET", f"/api/v1/processes/{number}", {"params": {"webhook_url": url}}),
+                ("POST", "/api/v1/webhooks/ping", {"json": {"url": url}}),
+            ]
+            for method, path, kwargs in calls:
+                async with http.request(
+                    method, running.url + path, headers=_auth(running.user.key), **kwargs
+                ) as resp:
+                    body = await resp.text()
+                    assert resp.status == 400, (url, path, resp.status, body)
+                    assert resp.content_type == "application/problem+json", (url, body)
+                    assert json.loads(body)["type"].endswith("invalid-webhook-url"), (url, body)
+        # Digits of other scripts (Arabic-Indic, fullwidth), the check digits left in ASCII.
+        for digits in (
+            "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669",
+            "\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19",
+        ):
+            table = str.maketrans("0123456789", digits)
+            foreign = number[:8].translate(table) + "38" + number[10:].translate(table)
+            async with http.get(
+                f"{running.url}/api/v1/processes/{foreign}", headers=_auth(running.user.key)
+            ) as resp:
+                body = await resp.text()
+                assert resp.status == 400, (foreign, resp.status, body)
+                assert "0-9" in json.loads(body)["detail"], body
 
 
 async def test_oversized_headers_bodies_and_queries_get_4xx(running: Running) -> None:
