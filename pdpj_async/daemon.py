@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from . import health, state
 from .app import create_app
-from .config import Config
+from .config import Config, HttpConfig
+from .errors import ConfigError
 from .logs import get_logger
+from .server import appkeys, health, metrics
 
 log = get_logger(__name__)
 
@@ -78,16 +81,16 @@ async def _watchdog(notifier: Notifier, every: float) -> None:
 async def status_line(app: web.Application) -> str:
     """A short live summary for `systemctl status`."""
     parts = []
-    if state.QUEUE in app:
+    if appkeys.QUEUE in app:
         try:
-            depth = await app[state.QUEUE].depth()
+            depth = await app[appkeys.QUEUE].depth()
             parts.append(f"queue {sum(depth.values())}")
         except Exception:  # the summary must never take the daemon down
             parts.append("queue ?")
-    if state.WORKERS in app:
-        parts.append(f"running {app[state.WORKERS].running}")
-    if state.TOKENS in app:
-        parts.append(f"token {app[state.TOKENS].state}")
+    if appkeys.WORKERS in app:
+        parts.append(f"running {app[appkeys.WORKERS].running}")
+    if appkeys.TOKENS in app:
+        parts.append(f"token {app[appkeys.TOKENS].state}")
     return ", ".join(parts)
 
 
@@ -97,17 +100,6 @@ async def _status(notifier: Notifier, app: web.Application) -> None:
         await asyncio.sleep(STATUS_EVERY_S)
 
 
-def _failures(app: web.Application) -> list[asyncio.Future[Any]]:
-    futures: list[asyncio.Future[Any]] = []
-    if state.WORKERS in app:
-        failed = app[state.WORKERS].failed
-        if failed is not None:
-            futures.append(failed)
-    if state.SENDER in app:
-        futures.append(app[state.SENDER].failed)
-    return futures
-
-
 async def serve(
     config: Config,
     notifier: Notifier | None = None,
@@ -115,6 +107,7 @@ async def serve(
 ) -> int:
     """Start every resource, serve HTTP, stop cleanly on SIGTERM; returns the exit code."""
     notifier = notifier or Notifier()
+    tls = tls_context(config.http)
     app = create_app(config)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_S
@@ -125,11 +118,17 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app))
     side: list[asyncio.Task[None]] = []
+    supervisor = app[appkeys.SUPERVISOR]
+    metrics_runner: web.AppRunner | None = None
     code = 0
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, config.http.host, config.http.port, reuse_address=True, ssl_context=tls
+        )
         await site.start()
+        metrics_runner = await _start_metrics_listener(app, config)
+        warn_if_plain_http(config.http, app[appkeys.PUBLIC_URL])
         # What start-up loaded (botocore's models, the app) lives as long as the process: kept
         # out of the cyclic GC, whose full collections would walk it again and again under load.
         gc.collect()
@@ -141,39 +140,89 @@ async def serve(
             on_ready()
         every = watchdog_interval()
         if every:
-            side.append(asyncio.create_task(_watchdog(notifier, every), name="sd-watchdog"))
+            side.append(supervisor.start("sd-watchdog", _watchdog(notifier, every)))
         if notifier.enabled:
-            side.append(asyncio.create_task(_status(notifier, app), name="sd-status"))
-        code = await _until_stopped(stop, _failures(app))
+            side.append(supervisor.start("sd-status", _status(notifier, app)))
+        code = await _until_stopped(stop, supervisor.died)
     finally:
         notifier.send("STOPPING=1")
         log.info("daemon_stopping")
-        for task in side:
-            task.cancel()
-        await asyncio.gather(*side, return_exceptions=True)
+        await supervisor.stop(*side)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await runner.cleanup()
         notifier.close()
     log.info("daemon_stopped", exit_code=code)
     return code
 
 
-async def _until_stopped(stop: asyncio.Event, failures: list[asyncio.Future[Any]]) -> int:
-    """Wait for a stop signal (exit 0) or a background task's death (exit 1)."""
-    waiter = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait([waiter, *failures], return_when=asyncio.FIRST_COMPLETED)
+async def _until_stopped(stop: asyncio.Event, died: asyncio.Future[str]) -> int:
+    """Wait for a stop signal (exit 0) or a supervised task's death (exit 1, already logged)."""
+    waiter: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([waiter, died], return_when=asyncio.FIRST_COMPLETED)
     if waiter in done:
         return 0
     waiter.cancel()
-    for future in done:
-        error: Any = None
-        if not future.cancelled():
-            error = future.exception() or future.result()
-        log.error("background_task_died", error=repr(error) if error else "cancelled")
+    log.error("daemon_exiting", reason="background task died", task=died.result())
     return 1
+
+
+def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
+    """The server TLS context of http.tls_cert_file/tls_key_file; None when neither is set."""
+    if not http.tls_cert_file and not http.tls_key_file:
+        return None
+    if not (http.tls_cert_file and http.tls_key_file):
+        raise ConfigError("http.tls_cert_file, http.tls_key_file: set both or neither")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        # The reason only: what the files hold stays out of the message.
+        reason = getattr(exc, "reason", None) or exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"http.tls_cert_file, http.tls_key_file: cannot load them: {reason}"
+        ) from None
+    return context
+
+
+def warn_if_plain_http(http: HttpConfig, public_url: str) -> bool:
+    """Warn (and return True) when a non-loopback bind is reached over plain http."""
+    if _is_loopback(http.host) or not public_url.lower().startswith("http://"):
+        return False
+    log.warning(
+        "plain_http_on_a_public_interface",
+        host=http.host,
+        public_url=public_url,
+        hint="API keys and download links cross the network in clear: set http.tls_cert_file"
+        " and http.tls_key_file, or serve behind a TLS reverse proxy with an https public_url",
+    )
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def _start_metrics_listener(app: web.Application, config: Config) -> web.AppRunner | None:
+    """/metrics on its own loopback listener when metrics.listen says so."""
+    address = metrics.listen_address(config.metrics.listen)
+    if address is None:
+        return None
+    runner = web.AppRunner(metrics.listener_app(app), handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, address[0], address[1], reuse_address=True).start()
+    log.info("metrics_listening", host=address[0], port=address[1])
+    return runner
 
 
 def _reload(app: web.Application) -> None:
     # SIGHUP: re-read the PDPJ token file (the provider logs what changed, never the token).
     log.info("reload_requested")
-    if state.TOKENS in app:
-        app[state.TOKENS].reload()
+    if appkeys.TOKENS in app:
+        app[appkeys.TOKENS].reload()

@@ -18,10 +18,19 @@ _SECRET_KEYS = re.compile(
     r"(token|secret|password|passwd|authorization|api[_-]?key|signature|credential|cookie)",
     re.IGNORECASE,
 )
-# Secret shapes inside any string: our keys and secrets, bearer tokens, JWTs, URL signatures.
+# ...except identifiers of secrets (`token_id`: a fingerprint that says which token, not what).
+_NOT_SECRET_KEYS = re.compile(r"(_id|_fingerprint)$", re.IGNORECASE)
+# Fields never rewritten: the event name is a fixed snake_case name chosen in the code.
+_VERBATIM_KEYS = frozenset({"event"})
+# Characters of keys.generate_key()'s urlsafe base64 tail, and of a base64 secret.
+_URLSAFE = r"A-Za-z0-9_\-"
+_B64 = r"A-Za-z0-9+/"
+# Secret shapes inside any string. API keys are KEY_PREFIX + token_urlsafe(32) (43 characters)
+# and webhook secrets SECRET_PREFIX + base64 of 32 bytes (44): matched by that exact shape, so
+# that `pdpj_token_loaded` and the like stay readable.
 _SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"pdpj_[A-Za-z0-9_\-]{8,}"), "pdpj_" + REDACTED),
-    (re.compile(r"whsec_[A-Za-z0-9+/=_\-]{8,}"), "whsec_" + REDACTED),
+    (re.compile(rf"(?<![{_URLSAFE}])pdpj_[{_URLSAFE}]{{43}}(?![{_URLSAFE}])"), "pdpj_" + REDACTED),
+    (re.compile(rf"(?<![{_URLSAFE}])whsec_[{_B64}]{{43}}="), "whsec_" + REDACTED),
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=\-]+"), r"\1" + REDACTED),
     (re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"), REDACTED),
     (
@@ -32,6 +41,25 @@ _SECRET_PATTERNS: list[tuple[re.Pattern[str], str]] = [
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)(v1,)[A-Za-z0-9+/=]{20,}"), r"\1" + REDACTED),
+    # The password in a URL's userinfo (a DSN: postgresql://user:password@host/db).
+    (re.compile(r"(?i)([a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
+    # key=value forms: libpq keyword DSNs, botocore's and the environment's S3 credentials.
+    (
+        re.compile(
+            r"(?i)\b((?:password|aws_secret_access_key|secret_access_key|aws_session_token)"
+            r"[\"']?\s*[=:]\s*[\"']?)[^\s\"',&]+"
+        ),
+        r"\1" + REDACTED,
+    ),
+    # An AWS-style secret access key: 40 characters of base64 with both letter cases and a
+    # digit (a hex digest, lower case only, and a path of words are left alone).
+    (
+        re.compile(
+            rf"(?<![{_B64}=])(?=[{_B64}]{{0,39}}[a-z])(?=[{_B64}]{{0,39}}[A-Z])"
+            rf"(?=[{_B64}]{{0,39}}[0-9])[{_B64}]{{40}}(?![{_B64}=])"
+        ),
+        REDACTED,
+    ),
 ]
 
 
@@ -55,7 +83,12 @@ def _redact_value(value: Any) -> Any:
 
 
 def _redact_item(key: Any, value: Any) -> Any:
-    if isinstance(key, str) and _SECRET_KEYS.search(key) and value not in (None, "", 0, False):
+    if key in _VERBATIM_KEYS:
+        return value
+    secret_name = (
+        isinstance(key, str) and _SECRET_KEYS.search(key) and not _NOT_SECRET_KEYS.search(key)
+    )
+    if secret_name and value not in (None, "", 0, False):
         if isinstance(value, int | float | bool):
             return value
         return REDACTED
@@ -71,9 +104,26 @@ def redact_processor(
     return event_dict
 
 
-def _redact_rendered(_logger: Any, _method: str, rendered: Any) -> Any:
-    # The last line of defence: exception text rendered by format_exc_info goes through too.
-    return redact_text(rendered) if isinstance(rendered, str) else rendered
+def _redact_foreign_event(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # A stdlib record's `event` is its free-text message, not one of our event names.
+    event = event_dict.get("event")
+    if isinstance(event, str):
+        event_dict["event"] = redact_text(event)
+    return event_dict
+
+
+class _Redacted:
+    """A renderer whose output goes through redact_text: exception text and tracebacks, which
+    the renderer formats itself, pass through it too (the last line of defence)."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Any:
+        rendered = self.renderer(logger, method, event_dict)
+        return redact_text(rendered) if isinstance(rendered, str) else rendered
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
@@ -88,11 +138,16 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     ]
     renderer: Any
     if console:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # A plain traceback: rich's, when installed, prints every frame's locals, and a local
+        # holding a password has no shape for redact_text to find.
+        console_renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+        renderer = _Redacted(console_renderer)
         tail = [redact_processor, renderer]
     else:
-        renderer = structlog.processors.JSONRenderer()
-        tail = [structlog.processors.format_exc_info, redact_processor, renderer, _redact_rendered]
+        renderer = _Redacted(structlog.processors.JSONRenderer())
+        tail = [structlog.processors.format_exc_info, redact_processor, renderer]
     numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, *tail],
@@ -105,7 +160,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processor=renderer,
-            foreign_pre_chain=[*shared, redact_processor],
+            foreign_pre_chain=[*shared, redact_processor, _redact_foreign_event],
         )
     )
     root = logging.getLogger()

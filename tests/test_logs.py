@@ -12,7 +12,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from pdpj_async import logs
+from pdpj_async import keys, logs
 
 SECRETS = [
     "pdpj_Zx8kq2mN4rT6vW8yA1cE3gI5kM7oQ9sU1wY3aC5eG7i",
@@ -100,3 +100,60 @@ async def test_a_malformed_request_is_one_info_line_not_an_error_with_a_tracebac
     assert {line["level"] for line in logged} == {"info"}
     assert not [line for line in lines(captured) if line.get("level") in ("error", "critical")]
     assert "Traceback" not in captured.getvalue()
+
+
+def test_event_names_and_token_fingerprints_are_never_rewritten(captured: io.StringIO) -> None:
+    """`pdpj_token_loaded` looked like an API key and came out as `pdpj_[REDACTED]`."""
+    log = logs.get_logger("t")
+    log.info("pdpj_token_loaded", source="file", token_id="3f2a9c1b", previous_token_id="0a1b2c3d")
+    log.info("pdpj_token_file_unreadable_after_the_operator_replaced_it_twice", path="/x")
+    first, second = lines(captured)
+    assert first["event"] == "pdpj_token_loaded"
+    assert (first["token_id"], first["previous_token_id"]) == ("3f2a9c1b", "0a1b2c3d")
+    assert second["event"] == "pdpj_token_file_unreadable_after_the_operator_replaced_it_twice"
+
+
+def test_api_keys_are_matched_by_their_generated_shape() -> None:
+    key = keys.generate_key()
+    secret = keys.generate_webhook_secret()
+    assert key not in logs.redact_text(f"key={key}.") and logs.REDACTED in logs.redact_text(key)
+    assert secret not in logs.redact_text(f"secret {secret}")
+    # Names that merely start like a key stay readable.
+    for text in ("pdpj_token_loaded", "pdpj_async.upstream.tokens", "pdpj_template"):
+        assert logs.redact_text(text) == text
+
+
+def test_dsn_passwords_and_s3_secrets_are_redacted(captured: io.StringIO) -> None:
+    aws_secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    log = logs.get_logger("t")
+    log.warning("db_unreachable", error="cannot connect to postgresql://app:s3cr3t-pw@db:5432/x")
+    log.warning("db_unreachable", error="connect failed: host=db user=app password=s3cr3t-pw")
+    log.warning("s3_error", detail=f"aws_secret_access_key={aws_secret}", note=aws_secret)
+    text = captured.getvalue()
+    assert "s3cr3t-pw" not in text and aws_secret not in text
+    assert "postgresql://app:" in text and "@db:5432/x" in text and "host=db user=app" in text
+    # A hex digest of the same length is not a secret.
+    digest = "3f786850e387550fdab836ed7e6dc881de23001b"
+    assert logs.redact_text(digest) == digest
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_tracebacks_pass_through_redaction(fmt: str) -> None:
+    """An API key in an exception message was printed as is by the console renderer."""
+    key = keys.generate_key()
+    # A secret of no recognisable shape, held in a local: tracebacks must not print locals.
+    password = "correct-horse-battery"
+    stream = io.StringIO()
+    logs.configure("info", fmt, stream=stream)
+    try:
+        try:
+            raise RuntimeError(f"authentication failed for {key}")
+        except RuntimeError:
+            logs.get_logger("t").exception("request_failed")
+            logging.getLogger("aiohttp.server").exception("Error handling request")
+    finally:
+        logs.configure("info", "json")
+    text = stream.getvalue()
+    assert "Traceback" in text and "RuntimeError" in text and "request_failed" in text
+    assert key not in text and logs.REDACTED in text
+    assert password not in text

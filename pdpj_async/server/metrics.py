@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import state
+from ..errors import ConfigError
+from . import appkeys
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -96,9 +98,9 @@ def _gauge(name: str, doc: str, labels: list[str], values: dict[tuple[str, ...],
 
 async def _live_families(app: web.Application) -> list[Metric]:
     families: list[Metric] = []
-    if state.QUEUE in app:
+    if appkeys.QUEUE in app:
         try:
-            depth = await app[state.QUEUE].depth()
+            depth = await app[appkeys.QUEUE].depth()
         except Exception:  # the scrape still answers when the database does not
             depth = {}
         families.append(
@@ -109,10 +111,10 @@ async def _live_families(app: web.Application) -> list[Metric]:
                 {(k,): float(v) for k, v in depth.items()},
             )
         )
-    if state.WORKERS in app:
-        families.extend(_worker_families(app[state.WORKERS]))
-    if state.DOWNLOADER in app:
-        downloader = app[state.DOWNLOADER]
+    if appkeys.WORKERS in app:
+        families.extend(_worker_families(app[appkeys.WORKERS]))
+    if appkeys.DOWNLOADER in app:
+        downloader = app[appkeys.DOWNLOADER]
         families.append(
             _counter(
                 "pdpj_async_downloads",
@@ -124,9 +126,9 @@ async def _live_families(app: web.Application) -> list[Metric]:
         families.append(
             _counter("pdpj_async_stored_bytes", "Bytes stored.", [], {(): downloader.bytes_stored})
         )
-    if state.UPSTREAM in app:
+    if appkeys.UPSTREAM in app:
         by_class: dict[tuple[str, ...], float] = {}
-        for status, count in app[state.UPSTREAM].responses.items():
+        for status, count in app[appkeys.UPSTREAM].responses.items():
             label = "error" if status == "error" else f"{status[0]}xx"
             by_class[(label,)] = by_class.get((label,), 0.0) + count
         families.append(
@@ -137,10 +139,10 @@ async def _live_families(app: web.Application) -> list[Metric]:
                 by_class,
             )
         )
-    if state.TOKENS in app:
+    if appkeys.TOKENS in app:
         families.extend(_token_families(app))
-    if state.SENDER in app:
-        sender = app[state.SENDER]
+    if appkeys.SENDER in app:
+        sender = app[appkeys.SENDER]
         families.append(
             _counter(
                 "pdpj_async_webhook_attempts",
@@ -170,7 +172,7 @@ def _worker_families(workers: Any) -> list[Metric]:
 
 
 def _token_families(app: web.Application) -> list[Metric]:
-    tokens = app[state.TOKENS]
+    tokens = app[appkeys.TOKENS]
     states: dict[tuple[str, ...], float] = {
         (s,): float(tokens.state == s) for s in ("valid", "expired", "missing")
     }
@@ -198,6 +200,39 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """Create the registry and serve /metrics (middleware.api_middleware counts the requests)."""
+    """Create the registry and serve /metrics (middleware.api_middleware counts the requests),
+    unless `metrics.listen` gives it a listener of its own (see `listener_app`)."""
     app[METRICS] = Metrics()
-    app.router.add_get("/metrics", metrics_handler)
+    config = app.get(appkeys.CONFIG)
+    if config is None or listen_address(config.metrics.listen) is None:
+        app.router.add_get("/metrics", metrics_handler)
+
+
+def listen_address(listen: str) -> tuple[str, int] | None:
+    """`metrics.listen` as (host, port), None when empty; raises ConfigError unless loopback."""
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        address = ipaddress.ip_address("127.0.0.1" if host == "localhost" else host)
+        number = int(port)
+    except ValueError:
+        address, number = None, 0
+    if address is None or not address.is_loopback or not 0 < number < 65536:
+        raise ConfigError(
+            f"metrics.listen: expected a loopback host:port such as 127.0.0.1:9464, got {listen!r}"
+        )
+    return host, number
+
+
+def listener_app(main: web.Application) -> web.Application:
+    """A bare application serving the metrics of `main` at /metrics, for its own listener."""
+
+    async def handler(_request: web.Request) -> web.Response:
+        body = await main[METRICS].render(main)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get("/metrics", handler)
+    return app

@@ -6,19 +6,24 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import os
+import secrets
+import stat
 import time
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from . import logs
-from .config import PdpjConfig
-from .errors import ConfigError
+from .. import logs
+from ..config import PdpjConfig
+from ..errors import ConfigError
+from ..tasks import Supervisor
 
 log = logs.get_logger(__name__)
 
@@ -60,6 +65,7 @@ class TokenProvider:
         self._rejected: str | None = None
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._supervisor = Supervisor()
         if token:
             self._set(token, source="config")
 
@@ -67,17 +73,16 @@ class TokenProvider:
         """The source's background work (file watch, refresh); the base class has none."""
         return None
 
-    async def start(self) -> None:
-        """Start the source's background work, if it has any."""
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Start the source's background work, if it has any, watched by `supervisor`."""
+        self._supervisor = supervisor or self._supervisor
         if self._task is None and (work := self._background()) is not None:
-            self._task = asyncio.create_task(work, name=f"pdpj-token-{type(self).__name__}")
+            self._task = self._supervisor.start("pdpj-token-refresh", work)
 
     async def stop(self) -> None:
         """Stop background work."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._supervisor.stop(self._task)
             self._task = None
 
     def reload(self) -> None:
@@ -164,8 +169,8 @@ class FileTokenProvider(TokenProvider):
     def reload(self) -> None:
         """Read the file now; a missing or empty file leaves the state "missing"."""
         try:
-            stat = self.path.stat()
-            text = self.path.read_text(encoding="utf-8")
+            info = self.path.stat()
+            text = read_secret_file(self.path)
         except FileNotFoundError:
             self._seen = None
             self._set(None, source=f"file:{self.path}")
@@ -173,7 +178,7 @@ class FileTokenProvider(TokenProvider):
         except OSError as exc:
             log.warning("pdpj_token_file_unreadable", path=str(self.path), error=str(exc))
             return
-        self._seen = (stat.st_mtime_ns, stat.st_size)
+        self._seen = (info.st_mtime_ns, info.st_size)
         if not self._set(text, source=f"file:{self.path}"):
             log.debug("pdpj_token_file_unchanged", path=str(self.path))
 
@@ -184,8 +189,8 @@ class FileTokenProvider(TokenProvider):
         while True:
             await asyncio.sleep(self.poll_s)
             try:
-                stat = self.path.stat()
-                seen: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+                info = self.path.stat()
+                seen: tuple[int, int] | None = (info.st_mtime_ns, info.st_size)
             except OSError:
                 seen = None
             if seen != self._seen:
@@ -220,12 +225,14 @@ class RefreshTokenProvider(TokenProvider):
         self._own_session = session is None
         self._wake = asyncio.Event()
         self.refreshes = 0
+        # A rotated refresh token that could not be written: the one to use until it is.
+        self._unsaved: str | None = None
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
         """Fetch a first access token and keep refreshing it in a background task."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        await super().start()
+        await super().start(supervisor)
 
     def _background(self) -> Coroutine[Any, Any, None]:
         return self._loop()
@@ -239,6 +246,7 @@ class RefreshTokenProvider(TokenProvider):
 
     def reload(self) -> None:
         """Refresh now (SIGHUP), e.g. after the refresh token file was replaced."""
+        self._unsaved = None
         self._wake.set()
 
     def _on_rejected(self) -> None:
@@ -276,7 +284,7 @@ class RefreshTokenProvider(TokenProvider):
     async def refresh(self) -> None:
         """Run the refresh grant once; raises ValueError when the endpoint refuses it."""
         assert self._session is not None, "start() first"
-        refresh_token = self.refresh_token_file.read_text(encoding="utf-8").strip()
+        refresh_token = self._unsaved or read_secret_file(self.refresh_token_file).strip()
         if not refresh_token:
             raise ValueError(f"refresh token file is empty: {self.refresh_token_file}")
         form = {
@@ -295,10 +303,27 @@ class RefreshTokenProvider(TokenProvider):
             grant = msgspec.json.decode(body, type=_Grant)
         except msgspec.DecodeError:
             raise ValueError("token endpoint answered something that is not a token") from None
-        if grant.refresh_token and grant.refresh_token != refresh_token:
-            _write_atomic(self.refresh_token_file, grant.refresh_token)
+        # The access token first: failing to save the new refresh token must not leave the
+        # daemon without the access token it was just given.
         self.refreshes += 1
         self._set(grant.access_token, source="refresh_grant")
+        if grant.refresh_token and grant.refresh_token != refresh_token:
+            self._persist(grant.refresh_token)
+
+    def _persist(self, refresh_token: str) -> None:
+        try:
+            write_secret_file(self.refresh_token_file, refresh_token)
+        except OSError as exc:
+            # Kept in memory: the next grant uses it (the old one is spent once rotated).
+            self._unsaved = refresh_token
+            log.error(
+                "pdpj_refresh_token_not_saved",
+                path=str(self.refresh_token_file),
+                error=type(exc).__name__,
+                detail=exc.strerror,
+            )
+            return
+        self._unsaved = None
 
 
 def _error_code(body: bytes) -> str:
@@ -309,13 +334,63 @@ def _error_code(body: bytes) -> str:
     return str(data.get("error", "unknown")) if isinstance(data, dict) else "unknown"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # The refresh token is a credential: never world-readable, never half-written.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    os.replace(tmp, path)
+def read_secret_file(path: Path) -> str:
+    """Read a credential file, warning when its mode lets the group or others read it."""
+    with open(path, encoding="utf-8") as handle:
+        mode = os.fstat(handle.fileno()).st_mode
+        text = handle.read()
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "pdpj_token_file_readable_by_others",
+            path=str(path),
+            mode=oct(stat.S_IMODE(mode)),
+            hint="chmod 0600 (or 0640 for a trusted group) this file",
+        )
+    return text
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Replace a credential file atomically: a fresh 0600 temp file, fsync, rename, dir fsync."""
+    # A random name with O_EXCL|O_NOFOLLOW: a file or symlink planted beforehand is never
+    # written through.
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _check_token_url(url: str) -> None:
+    """The refresh grant sends a credential: https only, http only to a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+        return
+    raise ConfigError(
+        "pdpj.sso_token_url: must be an https:// URL (http:// only for a loopback host)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def token_provider_from_config(
@@ -327,6 +402,7 @@ def token_provider_from_config(
             raise ConfigError(
                 "pdpj.sso_token_url needs pdpj.sso_client_id and pdpj.refresh_token_file"
             )
+        _check_token_url(config.sso_token_url)
         return RefreshTokenProvider(
             config.sso_token_url,
             config.sso_client_id,

@@ -12,7 +12,7 @@ import pytest
 
 from pdpj_async import db, keys
 from pdpj_async.config import PdpjConfig
-from pdpj_async.embedded_pg import EmbeddedPostgres
+from pdpj_async.db.embedded import EmbeddedPostgres
 from tests.fixtures.pg import TEST_SETTINGS
 from tests.fixtures.sandbox import Sandbox
 from tests.system.daemon import Daemon

@@ -139,5 +139,9 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure",
                  "StateDirectory=", "ProtectSystem=strict", "PrivateTmp=yes",
-                 "NoNewPrivileges=yes", "ProtectHome=yes", "ExecReload="):  # fmt: skip
+                 "NoNewPrivileges=yes", "ProtectHome=yes", "ExecReload=",
+                 "ProtectProc=invisible", "ProcSubset=pid", "PrivateIPC=yes", "RemoveIPC=yes",
+                 "SystemCallFilter=~@privileged @resources",
+                 "LoadCredential=pdpj-token:", "LoadCredential=signing-key:",
+                 "LoadCredential=pdpj-dsn:"):  # fmt: skip
         assert line in text
