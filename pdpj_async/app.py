@@ -10,44 +10,30 @@ from typing import Any
 
 from aiohttp import web
 
-from . import (
-    __version__,
-    api,
-    db,
-    health,
-    metrics,
-    openapi,
-    state,
-    storage,
-    storage_fs,
-    webhook_routes,
-    webhooks,
-)
-from .config import Config, resolved_data_dir
+from . import __version__, db, storage
+from .access import AccessLog
+from .config import Config, public_url, resolved_data_dir
 from .errors import DatabaseUnavailable
-from .jobs import JobService
+from .jobs import JobService, webhook_on_final
 from .keys import AuthCache
 from .logs import get_logger
-from .middleware import RateLimits, api_middleware
 from .pipeline import Downloader
 from .processes import DOWNLOAD_KIND, ProcessService
-from .queue import Queue
-from .sender import Sender
-from .ssrf import UrlGuard
-from .states import JobFinalHook
-from .tokens import TokenProvider, readiness_reason, token_provider_from_config
-from .upstream import PdpjClient
-from .workers import Gate, WorkerPool
+from .queue.gate import Gate
+from .queue.table import Queue
+from .queue.workers import WorkerPool
+from .retention import Retention
+from .server import api, appkeys, files, health, metrics, openapi, process_routes, webhook_routes
+from .server.middleware import RateLimits, api_middleware
+from .tasks import Supervisor
+from .text import TEXT_KIND
+from .text.worker import TextWorker
+from .upstream.client import PdpjClient
+from .upstream.tokens import TokenProvider, readiness_reason, token_provider_from_config
+from .webhooks.sender import Sender
+from .webhooks.ssrf import UrlGuard
 
 log = get_logger(__name__)
-
-
-def public_url(config: Config) -> str:
-    """Where clients reach this daemon."""
-    if config.http.public_url:
-        return config.http.public_url.rstrip("/")
-    host = config.http.host if config.http.host not in {"0.0.0.0", "::", ""} else "127.0.0.1"  # noqa: S104
-    return f"http://{host}:{config.http.port}"
 
 
 def instance_id(config: Config) -> str:
@@ -72,11 +58,12 @@ def create_app(
             "max_field_size": config.http.max_field_size,
         },
     )
-    app[state.CONFIG] = config
-    app[state.AUTH_CACHE] = AuthCache()
-    app[state.RATE_LIMITS] = RateLimits(config.rate_limit.requests_per_s, config.rate_limit.burst)
-    app[state.PUBLIC_URL] = public_url(config)
-    app[state.INSTANCE_ID] = instance_id(config)
+    app[appkeys.CONFIG] = config
+    app[appkeys.AUTH_CACHE] = AuthCache(refused_ttl_s=config.rate_limit.negative_cache_s)
+    app[appkeys.RATE_LIMITS] = RateLimits(config.rate_limit)
+    app[appkeys.PUBLIC_URL] = public_url(config)
+    app[appkeys.INSTANCE_ID] = instance_id(config)
+    app[appkeys.SUPERVISOR] = Supervisor()
     health.setup_routes(app)
     metrics.setup(app)
     app.cleanup_ctx.append(database_ctx)
@@ -88,7 +75,8 @@ def create_app(
     if sender:
         app.cleanup_ctx.append(sender_ctx)
     api.setup_routes(app)
-    storage_fs.setup_routes(app)
+    process_routes.setup_routes(app)
+    files.setup_routes(app)
     webhook_routes.setup_routes(app, resolver=url_guard.resolver if url_guard else None)
     openapi.setup_routes(app, api.all_routes())
     return app
@@ -96,27 +84,30 @@ def create_app(
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     """The pool (and the embedded server when no DSN is set), migrated unless told not to."""
-    config = app[state.CONFIG]
+    config = app[appkeys.CONFIG]
     embedded = None
     dsn = config.database.dsn
     if not dsn:
         embedded = db.embedded_server(config)
         dsn = await asyncio.to_thread(embedded.start)
+    # Behind a transaction-mode pooler, LISTEN and migrations take a session of their own.
+    session_dsn = config.database.direct_dsn or dsn
     try:
         if config.database.migrate_on_start:
-            await db.migrate(dsn)
+            await db.migrate(session_dsn)
         pool = await db.create_pool(
             dsn,
             min_size=config.database.pool_min,
             max_size=config.database.pool_max,
             command_timeout=config.database.command_timeout_s,
+            pooled=config.database.pooler == "transaction",
         )
     except DatabaseUnavailable:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    app[state.POOL] = pool
-    app[state.DSN] = dsn
+    app[appkeys.POOL] = pool
+    app[appkeys.DSN] = session_dsn
     log.info("database_ready", embedded=embedded is not None, version=__version__)
     try:
         yield
@@ -129,12 +120,12 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 def _upstream_ctx(given: TokenProvider | None) -> Any:
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         """The PDPJ token provider and client."""
-        config = app[state.CONFIG]
+        config = app[appkeys.CONFIG]
         tokens = given or token_provider_from_config(config.pdpj)
-        await tokens.start()
+        await tokens.start(app[appkeys.SUPERVISOR])
         client = PdpjClient(config.pdpj, tokens)
-        app[state.TOKENS] = tokens
-        app[state.UPSTREAM] = client
+        app[appkeys.TOKENS] = tokens
+        app[appkeys.UPSTREAM] = client
         health.add_readiness_check(app, "pdpj_token", _token_check)
         try:
             yield
@@ -146,109 +137,106 @@ def _upstream_ctx(given: TokenProvider | None) -> Any:
 
 
 async def _token_check(app: web.Application) -> str | None:
-    return readiness_reason(app[state.TOKENS])
+    return readiness_reason(app[appkeys.TOKENS])
 
 
 async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
     """The object store; for S3 also the sweeper of abandoned multipart uploads."""
-    config = app[state.CONFIG]
+    config = app[appkeys.CONFIG]
     store = await storage.create_storage(
         config.storage,
         resolved_data_dir(config),
-        public_url=app[state.PUBLIC_URL],
+        public_url=app[appkeys.PUBLIC_URL],
         max_pool_connections=max(10, config.queue.workers * config.storage.parts_in_flight),
     )
-    app[state.STORAGE] = store
-    health.add_readiness_check(app, "storage", lambda a: a[state.STORAGE].check())
-    sweeper = asyncio.create_task(
+    app[appkeys.STORAGE] = store
+    health.add_readiness_check(app, "storage", lambda a: a[appkeys.STORAGE].check())
+    supervisor = app[appkeys.SUPERVISOR]
+    sweeper = supervisor.start(
+        "storage-sweeper",
         storage.sweep_forever(
             store,
             interval_s=config.storage.sweep_interval_s,
             older_than_s=config.storage.sweep_age_s,
         ),
-        name="storage-sweeper",
     )
     try:
         yield
     finally:
-        sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
+        await supervisor.stop(sweeper)
         await store.close()
-
-
-def job_final_hook(config: Config) -> JobFinalHook:
-    """What happens in the transaction that makes a job final: its webhook enters the outbox."""
-    base = public_url(config)
-
-    async def on_final(conn: Any, row: Any) -> None:
-        await webhooks.enqueue_job_webhook(
-            conn,
-            row["id"],
-            public_url=base,
-            max_documents=config.webhooks.max_documents_in_payload,
-        )
-
-    return on_final
 
 
 def _services_ctx(url_guard: UrlGuard | None) -> Any:
     async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         """The queue and the domain services the handlers call."""
-        config = app[state.CONFIG]
-        pool = app[state.POOL]
-        queue = Queue(pool, config.queue, app[state.INSTANCE_ID])
-        hook = job_final_hook(app[state.CONFIG])
+        config = app[appkeys.CONFIG]
+        pool = app[appkeys.POOL]
+        queue = Queue(pool, config.queue, app[appkeys.INSTANCE_ID])
+        hook = webhook_on_final(app[appkeys.CONFIG])
         guard = url_guard or UrlGuard(config.webhooks)
-        app[state.QUEUE] = queue
-        app[state.URL_GUARD] = guard
-        app[state.PROCESSES] = ProcessService(
-            pool, app[state.UPSTREAM], queue, config, on_job_final=hook
+        access_log = AccessLog(pool, config.access_log)
+        app[appkeys.QUEUE] = queue
+        app[appkeys.URL_GUARD] = guard
+        app[appkeys.ACCESS_LOG] = access_log
+        app[appkeys.PROCESSES] = ProcessService(
+            pool, app[appkeys.UPSTREAM], queue, config, on_job_final=hook, access_log=access_log
         )
-        app[state.JOBS] = JobService(pool, queue, on_job_final=hook)
-        app[state.GATE] = Gate()
-        yield
+        app[appkeys.JOBS] = JobService(pool, queue, on_job_final=hook, access_log=access_log)
+        app[appkeys.GATE] = Gate()
+        supervisor = app[appkeys.SUPERVISOR]
+        writer = supervisor.start("access-log", access_log.run())
+        pruner = supervisor.start("retention", Retention(pool, config.retention).run())
+        try:
+            yield
+        finally:
+            await supervisor.stop(pruner, writer)
 
     return services_ctx
 
 
 async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     """The worker pool running downloads; on stop, running ones get the grace period."""
-    config = app[state.CONFIG]
+    config = app[appkeys.CONFIG]
     downloader = Downloader(
-        app[state.POOL],
-        app[state.QUEUE],
-        app[state.UPSTREAM],
-        app[state.STORAGE],
-        app[state.TOKENS],
-        app[state.GATE],
+        app[appkeys.POOL],
+        app[appkeys.QUEUE],
+        app[appkeys.UPSTREAM],
+        app[appkeys.STORAGE],
+        app[appkeys.TOKENS],
+        app[appkeys.GATE],
         config,
-        on_job_final=job_final_hook(app[state.CONFIG]),
+        on_job_final=webhook_on_final(app[appkeys.CONFIG]),
     )
-    pool = WorkerPool(app[state.QUEUE], app[state.POOL], app[state.DSN], config.queue)
+    supervisor = app[appkeys.SUPERVISOR]
+    pool = WorkerPool(
+        app[appkeys.QUEUE], app[appkeys.POOL], app[appkeys.DSN], config.queue, supervisor
+    )
     pool.register(
         DOWNLOAD_KIND,
         downloader.handle,
         on_final_failure=downloader.on_final_failure,
-        gate=app[state.GATE],
+        gate=app[appkeys.GATE],
     )
-    app[state.WORKERS] = pool
-    app[state.DOWNLOADER] = downloader
+    texts = TextWorker(app[appkeys.POOL], app[appkeys.STORAGE], app[appkeys.UPSTREAM], config.text)
+    pool.register(TEXT_KIND, texts.handle, on_final_failure=texts.on_final_failure, gate=texts.gate)
+    app[appkeys.WORKERS] = pool
+    app[appkeys.DOWNLOADER] = downloader
     histogram = app[metrics.METRICS].download_seconds
     downloader.on_duration = lambda outcome, s: histogram.labels(outcome).observe(s)
     await pool.start()
-    watcher = asyncio.create_task(downloader.watch_token(), name="token-gate")
+    watcher = supervisor.start("token-gate", downloader.watch_token())
     try:
         yield
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
+        await supervisor.stop(watcher)
         await pool.stop(config.daemon.shutdown_grace_s)
 
 
 async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
     """The dedicated webhook sender."""
-    config = app[state.CONFIG]
-    store = app[state.STORAGE]
+    config = app[appkeys.CONFIG]
+    store = app[appkeys.STORAGE]
     prefix = config.storage.prefix
 
     async def finalize(payload: dict[str, Any]) -> dict[str, Any]:
@@ -261,14 +249,15 @@ async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
         return payload
 
     sender = Sender(
-        app[state.POOL],
+        app[appkeys.POOL],
         config.webhooks,
-        dsn=app[state.DSN],
-        resolver=app[state.URL_GUARD].resolver,
+        dsn=app[appkeys.DSN],
+        resolver=app[appkeys.URL_GUARD].resolver,
         finalize_payload=finalize,
-        instance_id=app[state.INSTANCE_ID],
+        instance_id=app[appkeys.INSTANCE_ID],
+        supervisor=app[appkeys.SUPERVISOR],
     )
-    app[state.SENDER] = sender
+    app[appkeys.SENDER] = sender
     sender.on_attempt = app[metrics.METRICS].webhook_latency.observe
     await sender.start()
     try:

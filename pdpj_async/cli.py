@@ -16,6 +16,7 @@ import msgspec
 from . import __version__, db, keys, logs
 from .config import Config, load_config
 from .errors import PdpjAsyncError
+from .text import command as text_command
 
 DEFAULT_CONFIG_ENV = "PDPJ_ASYNC_CONFIG"
 
@@ -70,6 +71,7 @@ async def _cmd_keys(args: argparse.Namespace, config: Config) -> int:
                 args.role,
                 rate_limit_per_s=args.rate_limit,
                 rate_limit_burst=args.burst,
+                can_read_sigiloso=args.can_read_sigiloso,
             )
             _print_json(
                 {
@@ -126,9 +128,9 @@ async def _cmd_serve(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _cmd_sandbox(args: argparse.Namespace, config: Config) -> int:
-    from . import sandbox
+    from .sandbox import app as sandbox_app
 
-    settings = sandbox.SandboxSettings(
+    settings = sandbox_app.SandboxSettings(
         token=args.token,
         latency_ms=args.latency_ms,
         docs_per_process=(args.min_docs, args.max_docs),
@@ -136,7 +138,7 @@ async def _cmd_sandbox(args: argparse.Namespace, config: Config) -> int:
         default_form="object" if args.object_form else "array",
         token_expires_after=args.token_expires_after,
     )
-    return await sandbox.serve(settings, args.host, args.port)
+    return await sandbox_app.serve(settings, args.host, args.port)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -157,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run everything locally: sandbox PDPJ, embedded database")
     dev.add_argument("--port", type=int, default=None, help="daemon port (default http.port)")
     dev.add_argument("--sandbox-port", type=int, default=8181)
-    dev.add_argument("--s3", action="store_true", help="store in a local moto S3 server")
+    dev.add_argument(
+        "--s3", action="store_true", help="store in a local S3 server (SeaweedFS, on loopback)"
+    )
     dev.add_argument("--s3-port", type=int, default=5055)
     dev.set_defaults(func=_cmd_dev)
 
@@ -168,6 +172,11 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--role", choices=["admin", "user"], default="user")
     create.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     create.add_argument("--burst", type=int, default=None)
+    create.add_argument(
+        "--can-read-sigiloso",
+        action="store_true",
+        help="the key may see sealed (sigiloso) processes and documents",
+    )
     keys_sub.add_parser("list", help="list keys (never the keys themselves)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key")
     revoke.add_argument("id", type=int)
@@ -180,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     ops.add_parsers(sub)
     sub.choices["jobs"].set_defaults(func=_cmd_ops)
     sub.choices["deliveries"].set_defaults(func=_cmd_ops)
+    text_command.add_parser(sub, _database)
 
     sandbox_p = sub.add_parser("sandbox", help="run a local PDPJ look-alike")
     sandbox_p.add_argument("--host", default="127.0.0.1")

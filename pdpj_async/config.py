@@ -39,6 +39,16 @@ class HttpConfig(_Section, frozen=True):
     # Largest request line / header a client may send.
     max_line_size: int = 8190
     max_field_size: int = 8190
+    # Serve HTTPS with this certificate chain and key (PEM); empty: plain HTTP (loopback, or
+    # behind a TLS-terminating reverse proxy).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+
+class MetricsConfig(_Section, frozen=True):
+    # "host:port" of a separate loopback listener for /metrics (e.g. "127.0.0.1:9464");
+    # when set, /metrics is not served on the main port. Empty: on the main port.
+    listen: str = ""
 
 
 class DatabaseConfig(_Section, frozen=True):
@@ -48,6 +58,18 @@ class DatabaseConfig(_Section, frozen=True):
     pool_max: int = 20
     migrate_on_start: bool = True
     command_timeout_s: float = 30.0
+    # "transaction": `dsn` goes through a transaction-pooling PgBouncer (no prepared statements
+    # are kept across transactions); LISTEN/NOTIFY and migrations then need `direct_dsn`, a
+    # session straight to PostgreSQL.
+    pooler: Literal["none", "transaction"] = "none"
+    direct_dsn: str = ""
+
+    def __post_init__(self) -> None:
+        if self.pooler == "transaction" and not self.direct_dsn:
+            raise ValueError(
+                "database.direct_dsn: required when database.pooler is 'transaction' "
+                "(LISTEN/NOTIFY and migrations need a session of their own)"
+            )
 
 
 class LoggingConfig(_Section, frozen=True):
@@ -80,6 +102,8 @@ class PdpjConfig(_Section, frozen=True):
     freshness_ttl_s: float = 3600.0
     # Seconds between looks at token_file for a replaced token.
     token_poll_s: float = 1.0
+    # Longest wait a PDPJ Retry-After may impose on a download (keep <= queue.backoff_cap_s).
+    retry_after_cap_s: float = 600.0
 
 
 class QueueConfig(_Section, frozen=True):
@@ -127,8 +151,16 @@ class WebhooksConfig(_Section, frozen=True):
         default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     )
     jitter: float = 0.1
+    # Host names (and their subdomains) webhooks may go to; empty or ["*"]: any public host.
     allowed_domains: list[str] = []
+    # Private ranges (10/8, 172.16/12, 192.168/16, fc00::/7, ...) become reachable; loopback and
+    # link-local stay refused (unless listed in allowed_networks), cloud metadata always.
     allow_private_networks: bool = False
+    # CIDR ranges a receiver may be in whatever their kind (on-premise receivers, 127.0.0.0/8 in
+    # tests); cloud metadata and IPv4-mapped IPv6 addresses are refused even here.
+    allowed_networks: list[str] = []
+    # Ports a webhook URL may name (the scheme's default when it names none); empty: any.
+    allowed_ports: list[int] = msgspec.field(default_factory=lambda: [80, 443, 8443])
     max_documents_in_payload: int = 1000
     # Both the old and the new signing secret are sent for this long after a rotation.
     secret_overlap_s: float = 86400.0
@@ -142,12 +174,51 @@ class WebhooksConfig(_Section, frozen=True):
     max_response_bytes: int = 4096
     # Messages the built-in webhook-test receiver keeps in memory.
     test_receiver_keep: int = 100
+    # The public built-in receiver (POST /api/v1/webhooks/webhook-test) checks signatures, a cost
+    # per request: off unless asked for (`pdpj-async dev` turns it on).
+    test_receiver: bool = False
 
 
 class RateLimitConfig(_Section, frozen=True):
     # Token bucket per API key; 0 disables.
     requests_per_s: float = 20.0
     burst: int = 100
+    # Token bucket per client IP for requests without a valid key (unknown, malformed, revoked,
+    # missing): each costs a lookup, so a flood of them is slowed before it reaches the database.
+    unauthenticated_per_s: float = 5.0
+    unauthenticated_burst: int = 20
+    # An unknown key is remembered this long, so that repeating it costs no query.
+    negative_cache_s: float = 30.0
+    # Authentication waits at most this long for a database connection (503, not a queue).
+    auth_timeout_s: float = 2.0
+
+
+class AccessLogConfig(_Section, frozen=True):
+    # Lines are written in batches at most this far apart.
+    flush_interval_s: float = 1.0
+
+
+class RetentionConfig(_Section, frozen=True):
+    # Days each kind of history is kept; 0 keeps it for ever. Documents and their objects, and
+    # the processes they belong to, are never pruned.
+    jobs_days: float = 365.0
+    webhook_deliveries_days: float = 180.0
+    webhook_attempts_days: float = 90.0
+    access_log_days: float = 365.0
+    # Seconds between two pruning passes, and rows removed by one statement at the most.
+    interval_s: float = 3600.0
+    batch: int = 5000
+
+
+class TextConfig(_Section, frozen=True):
+    # OCR (Tesseract, Portuguese) of pages with no text layer, when the binary is installed.
+    ocr: bool = False
+    # Extractions running at once: CPU-bound, kept below the download workers.
+    workers: int = 2
+    # Characters of each document's text that are indexed (storage keeps all of it).
+    index_cap_chars: int = 1_000_000
+    # The search ranks this many of the most recent visible matches (a bounded candidate set).
+    search_candidates: int = 300
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -160,6 +231,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     storage: StorageConfig = StorageConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
+    access_log: AccessLogConfig = AccessLogConfig()
+    retention: RetentionConfig = RetentionConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    text: TextConfig = TextConfig()
 
 
 _PATH_RE = re.compile(r" - at `\$((?:\.\w+|\[\d+\])*)`$")
@@ -176,7 +251,9 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
             raise ConfigError(f"config file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    _apply_env(raw, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    _apply_env(raw, env)
+    _resolve_credentials(raw, env)
     return decode_config(raw)
 
 
@@ -199,6 +276,40 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if not isinstance(section, dict):
             raise ConfigError(f"{parts[0]}: expected a table")
         section[parts[1]] = _env_value(value)
+
+
+# systemd's LoadCredential= puts each credential in a file under $CREDENTIALS_DIRECTORY, readable
+# only by the service. A value "credential:NAME" is that file's content (database.dsn,
+# storage.signing_key, ...); "${CREDENTIALS_DIRECTORY}" in a value is the directory (for keys that
+# name a file, like pdpj.token_file).
+CREDENTIAL_PREFIX = "credential:"
+_CREDENTIALS_VAR = "${CREDENTIALS_DIRECTORY}"
+
+
+def _resolve_credentials(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if isinstance(value, str) and (
+                value.startswith(CREDENTIAL_PREFIX) or _CREDENTIALS_VAR in value
+            ):
+                values[key] = _credential(f"{section}.{key}", value, env)
+
+
+def _credential(dotted: str, value: str, env: Mapping[str, str]) -> str:
+    directory = env.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        raise ConfigError(f"{dotted}: names a credential, but $CREDENTIALS_DIRECTORY is not set")
+    if not value.startswith(CREDENTIAL_PREFIX):
+        return value.replace(_CREDENTIALS_VAR, directory)
+    name = value[len(CREDENTIAL_PREFIX) :]
+    if not name or "/" in name:
+        raise ConfigError(f"{dotted}: expected credential:NAME, got {value!r}")
+    try:
+        return (Path(directory) / name).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{dotted}: cannot read credential {name!r}: {exc.strerror}") from None
 
 
 def _env_value(value: str) -> Any:
@@ -229,6 +340,8 @@ def _explain(message: str, raw: dict[str, Any]) -> str:
         except (KeyError, IndexError, TypeError, ValueError):
             value = None
             break
+    if message.startswith(f"{dotted}."):
+        return message  # a check of the section's own, naming its key already
     detail = message[:1].lower() + message[1:]
     detail = detail.replace("`", "")
     if value is not None and not isinstance(value, dict):
@@ -239,3 +352,12 @@ def _explain(message: str, raw: dict[str, Any]) -> str:
 def resolved_data_dir(config: Config) -> Path:
     """The data directory as an absolute path."""
     return Path(config.daemon.data_dir).expanduser().resolve()
+
+
+def public_url(config: Config) -> str:
+    """Where clients reach this daemon."""
+    if config.http.public_url:
+        return config.http.public_url.rstrip("/")
+    host = config.http.host if config.http.host not in {"0.0.0.0", "::", ""} else "127.0.0.1"  # noqa: S104
+    scheme = "https" if config.http.tls_cert_file else "http"
+    return f"{scheme}://{host}:{config.http.port}"

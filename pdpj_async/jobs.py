@@ -5,22 +5,24 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Collection
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
 import msgspec
 
-from . import cnj, queries, states
-from .db import transaction
+from . import access, cnj, states
+from .config import Config, public_url
+from .db import queries, transaction
 from .errors import Conflict, InvalidRequest, NotFound
 from .keys import ApiKey
 from .logs import get_logger
 from .processes import DOWNLOAD_KIND, status_url
-from .views import DocumentView, JobList, JobView, StatusView
+from .schemas import DocumentView, JobList, JobView, ProcessStatus, StatusView
+from .webhooks import outbox
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from .queue.table import Queue
 
 log = get_logger(__name__)
 
@@ -81,10 +83,19 @@ class JobService:
         pool: asyncpg.Pool,
         queue: Queue,
         on_job_final: states.JobFinalHook | None = None,
+        access_log: access.AccessLog | None = None,
     ) -> None:
         self._pool = pool
         self._queue = queue
         self._on_job_final = on_job_final
+        self._access_log = access_log
+
+    async def available_document_key(self, caller: ApiKey, uuid: str) -> str:
+        """The storage key of an available document the caller may see, by its PDPJ uuid."""
+        key, process_id = await access.visible_document(self._pool, caller, uuid)
+        if self._access_log is not None:
+            self._access_log.record(caller, "link", process_id, uuid)
+        return key
 
     async def _owned_row(self, caller: ApiKey, job_id: UUID) -> asyncpg.Record:
         row = await self._pool.fetchrow(_JOBS["job_view"], job_id)
@@ -181,76 +192,132 @@ class JobService:
     async def status_snapshot(
         self,
         number: cnj.ProcessNumber,
-        scopes: Collection[int | None],
+        viewers: Collection[Viewer],
         base_url: str,
         sign: UrlSigner,
     ) -> StatusSnapshot:
-        """The status of a process once, with the latest job of each caller scope.
+        """The status of a process once, for every viewer of a round of reads.
 
-        A scope is an API key id (that key's own jobs) or None (an admin: anyone's). Raises
-        NotFound when the process was never requested.
+        A viewer's scope is an API key id (that key's own jobs) or None (an admin: anyone's).
+        A key that may not see the process gets, from the snapshot, the same NotFound as for a
+        process never requested.
         """
-        keys = list({s for s in scopes if s is not None})
-        # Two round trips on one connection, however many callers the read serves: the process
-        # with its documents, then the latest job of each scope.
+        keys = list({v.scope for v in viewers if v.scope is not None})
+        admin = any(v.scope is None for v in viewers)
+        # Three round trips on one connection, however many callers the read serves: the
+        # process with its documents, which of the keys may see it, their latest jobs.
         async with self._pool.acquire() as conn:
             docs = await conn.fetch(_JOBS["status_documents"], number.digits)
             if not docs:
-                raise NotFound(f"process {number.masked} has not been requested yet")
-            jobs = await conn.fetch(
-                _JOBS["status_latest_jobs"], docs[0]["process_id"], keys, None in scopes
-            )
+                raise access.never_requested(number)
+            process_id = docs[0]["process_id"]
+            visible = await access.keys_with_access(conn, process_id, keys) if keys else set()
+            jobs = await conn.fetch(_JOBS["status_latest_jobs"], process_id, list(visible), admin)
         if docs[0]["id"] is None:  # a process without documents
             docs = []
         masked, url = number.masked, status_url(base_url, number)
-        views = [_document_view(d, sign) for d in docs]
-        total = len(views)
-        completed = sum(1 for d in views if d.status == "available")
-        failed = sum(1 for d in views if d.status == "failed")
-        shared = StatusView(
-            process_number=masked,
-            status=_overall(views, completed, failed),
-            total_documents=total,
-            completed_documents=completed,
-            failed_documents=failed,
-            progress_percentage=round(100.0 * (completed + failed) / total, 2) if total else 100.0,
-            documents=views,
-            job=None,
-        )
+        full = [_document_view(d, sign) for d in docs]
+        bodies = {True: _encode(_status_view(masked, full))}
+        if any(d["sealed"] for d in docs) and not all(v.sealed for v in viewers):
+            shown = [_restricted(v) if d["sealed"] else v for d, v in zip(docs, full, strict=True)]
+            bodies[False] = _encode(_status_view(masked, shown))
+        else:
+            bodies[False] = bodies[True]
         latest = {r["scope"]: _job_view(r, masked, url) for r in jobs}
-        return StatusSnapshot(_encode(shared), {s: latest.get(s) for s in scopes})
+        if self._access_log is not None:
+            for viewer in viewers:
+                if viewer.key is not None and (viewer.scope is None or viewer.scope in visible):
+                    self._access_log.record(viewer.key, "status", process_id)
+        return StatusSnapshot(
+            number, bodies, {v.scope: latest.get(v.scope) for v in viewers}, visible | {None}
+        )
+
+
+class Viewer(NamedTuple):
+    """Who reads a status: the scope of jobs it sees, and whether it may see sealed documents."""
+
+    scope: int | None
+    sealed: bool
+    # The key itself, for the access log (None where nothing is logged).
+    key: ApiKey | None = None
+
+    @classmethod
+    def of(cls, caller: ApiKey) -> Viewer:
+        """The viewer a caller is."""
+        return cls(None if caller.is_admin else caller.id, caller.sees_sealed, caller)
 
 
 class StatusSnapshot:
-    """One read of a process's status, answering every caller scope it was read for.
+    """One read of a process's status, answering every viewer it was read for.
 
-    The documents are encoded once; each scope's answer is that encoding with its own job
-    spliced in as the last field (`job` is StatusView's last field), byte for byte what
-    encoding the whole StatusView would give.
+    The documents are encoded once (twice when some viewers may see sealed documents and
+    others may not); each viewer's answer is that encoding with its own job spliced in as the
+    last field (`job` is StatusView's last field), byte for byte what encoding the whole
+    StatusView would give.
     """
 
     _JOB_NULL = b'"job":null}'
 
-    def __init__(self, encoded: bytes, jobs: dict[int | None, JobView | None]) -> None:
-        if not encoded.endswith(self._JOB_NULL):
+    def __init__(
+        self,
+        number: cnj.ProcessNumber,
+        encoded: dict[bool, bytes],
+        jobs: dict[int | None, JobView | None],
+        visible: set[int | None],
+    ) -> None:
+        if not all(e.endswith(self._JOB_NULL) for e in encoded.values()):
             raise ValueError("StatusView must end with its job field")
-        self._head = encoded[: -len(b"null}")]
+        self._number = number
+        self._heads = {k: e[: -len(b"null}")] for k, e in encoded.items()}
         self._jobs = jobs
-        self._bodies: dict[int | None, bytes] = {}
+        self._visible = visible
+        self._bodies: dict[tuple[int | None, bool], bytes] = {}
 
-    def body(self, scope: int | None) -> bytes:
-        """The encoded StatusView for a caller scope this snapshot was read for."""
-        body = self._bodies.get(scope)
+    def body(self, viewer: Viewer) -> bytes:
+        """The encoded StatusView for a viewer this snapshot was read for."""
+        if viewer.scope not in self._visible:
+            raise access.never_requested(self._number)
+        cached = (viewer.scope, viewer.sealed)
+        body = self._bodies.get(cached)
         if body is None:
-            job = self._jobs[scope]
+            job = self._jobs[viewer.scope]
             tail = b"null" if job is None else _encode(job)
-            body = self._bodies[scope] = b"".join((self._head, tail, b"}"))
+            body = self._bodies[cached] = b"".join((self._heads[viewer.sealed], tail, b"}"))
         return body
 
 
-def _overall(
-    views: list[DocumentView], completed: int, failed: int
-) -> Literal["pending", "processing", "completed", "failed"]:
+def _status_view(masked: str, views: list[DocumentView]) -> StatusView:
+    counted = [d for d in views if d.status != "restricted"]
+    total = len(counted)
+    completed = sum(1 for d in counted if d.status == "available")
+    failed = sum(1 for d in counted if d.status == "failed")
+    return StatusView(
+        process_number=masked,
+        status=_overall(counted, completed, failed),
+        total_documents=total,
+        completed_documents=completed,
+        failed_documents=failed,
+        progress_percentage=round(100.0 * (completed + failed) / total, 2) if total else 100.0,
+        restricted_documents=len(views) - total,
+        documents=views,
+        job=None,
+    )
+
+
+def _restricted(view: DocumentView) -> DocumentView:
+    # Listed so that the caller knows it exists; nothing of its content or state.
+    return msgspec.structs.replace(
+        view,
+        status="restricted",
+        size=None,
+        sha256=None,
+        download_url=None,
+        error_message=None,
+        download_completed_at=None,
+    )
+
+
+def _overall(views: list[DocumentView], completed: int, failed: int) -> ProcessStatus:
     # The same rule as a job's: all available → completed; all final, some failed → failed.
     if completed + failed == len(views):
         return "failed" if failed else "completed"
@@ -276,3 +343,18 @@ def _document_view(row: asyncpg.Record, sign: UrlSigner) -> DocumentView:
         error_message=row["error_message"],
         download_completed_at=row["download_completed_at"],
     )
+
+
+def webhook_on_final(config: Config) -> states.JobFinalHook:
+    """What happens in the transaction that makes a job final: its webhook enters the outbox."""
+    base = public_url(config)
+
+    async def on_final(conn: Any, row: Any) -> None:
+        await outbox.enqueue_job_webhook(
+            conn,
+            row["id"],
+            public_url=base,
+            max_documents=config.webhooks.max_documents_in_payload,
+        )
+
+    return on_final

@@ -13,8 +13,7 @@ from typing import Literal
 import asyncpg
 import msgspec
 
-from . import queries
-from .db import Executor
+from .db import Executor, queries
 from .errors import AuthError, Conflict, NotFound
 
 KEY_PREFIX = "pdpj_"
@@ -35,10 +34,17 @@ class ApiKey(msgspec.Struct, frozen=True, kw_only=True):
     role: Role
     rate_limit_per_s: float | None = None
     rate_limit_burst: int | None = None
+    # May see sealed (sigiloso) material: set by an admin when the key is created.
+    can_read_sigiloso: bool = False
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def sees_sealed(self) -> bool:
+        """Sealed processes and documents are shown to admins and to keys with the permission."""
+        return self.is_admin or self.can_read_sigiloso
 
 
 class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +58,7 @@ class KeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     revoked_at: datetime | None
     rate_limit_per_s: float | None = None
     rate_limit_burst: int | None = None
+    can_read_sigiloso: bool = False
 
 
 class NewKey(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +96,7 @@ async def create_key(
     *,
     rate_limit_per_s: float | None = None,
     rate_limit_burst: int | None = None,
+    can_read_sigiloso: bool = False,
 ) -> NewKey:
     """Create and store a key; the returned NewKey is the only copy of the key."""
     key = generate_key()
@@ -102,6 +110,7 @@ async def create_key(
         secret,
         rate_limit_per_s,
         rate_limit_burst,
+        can_read_sigiloso,
     )
     assert row is not None
     return NewKey(info=KeyInfo(**dict(row)), key=key, webhook_secret=secret)
@@ -124,6 +133,7 @@ async def authenticate(conn: Executor, key: str) -> ApiKey:
         role=row["role"],
         rate_limit_per_s=row["rate_limit_per_s"],
         rate_limit_burst=row["rate_limit_burst"],
+        can_read_sigiloso=row["can_read_sigiloso"],
     )
 
 
@@ -158,12 +168,29 @@ async def rotate_secret(conn: Executor, key_id: int) -> str:
 
 
 class AuthCache:
-    """Recently verified keys, kept briefly so that a hot client costs no query per request."""
+    """Recently verified keys, kept briefly so that a hot client costs no query per request;
+    and recently refused ones, kept longer, so that repeating a bad key costs none either."""
 
-    def __init__(self, ttl_s: float = 2.0, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl_s: float = 2.0, max_entries: int = 10_000, refused_ttl_s: float = 30.0
+    ) -> None:
         self._ttl = ttl_s
         self._max = max_entries
+        self._refused_ttl = refused_ttl_s
         self._entries: dict[bytes, tuple[float, ApiKey]] = {}
+        self._refused: dict[bytes, tuple[float, str]] = {}
+
+    def refused(self, key: str) -> str | None:
+        """Why `key` was refused recently (unknown, revoked), or None."""
+        entry = self._refused.get(hash_key(key))
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put_refused(self, key: str, reason: str) -> None:
+        if len(self._refused) >= self._max:
+            self._refused.clear()
+        self._refused[hash_key(key)] = (time.monotonic() + self._refused_ttl, reason)
 
     def get(self, key: str) -> ApiKey | None:
         entry = self._entries.get(hash_key(key))
@@ -179,3 +206,4 @@ class AuthCache:
     def clear(self) -> None:
         """Forget every key (after a revocation in this process)."""
         self._entries.clear()
+        self._refused.clear()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from . import states, storage, workers
+from . import states, storage
 from .config import Config
 from .db import Connection, transaction
 from .errors import (
@@ -27,13 +27,15 @@ from .errors import (
 )
 from .logs import get_logger
 from .processes import DOWNLOAD_KIND
+from .queue import workers
+from .text import TEXT_KIND
 
 if TYPE_CHECKING:
-    from .queue import Queue, Task
+    from .queue.gate import Gate
+    from .queue.table import Queue, Task
     from .storage import Storage, StoredObject
-    from .tokens import TokenProvider
-    from .upstream import PdpjClient
-    from .workers import Gate
+    from .upstream.client import PdpjClient
+    from .upstream.tokens import TokenProvider
 
 log = get_logger(__name__)
 
@@ -98,9 +100,11 @@ class Finisher:
         while batch:
             try:
                 async with transaction(self._pool) as conn:
-                    await states.documents_available(
+                    changed = await states.documents_available(
                         conn, [item.finished for item in batch], self._on_final
                     )
+                    # Its text comes next, queued with the availability (same transaction).
+                    await self._queue.enqueue_many(conn, TEXT_KIND, [str(i) for i in changed])
                     # Queue rows last: guarded by the leases. A row taken over by another
                     # worker rolls the whole batch back; it is then redone without it.
                     tasks = [item.task for item in batch]
@@ -169,6 +173,10 @@ class Downloader:
             # Gone, or available already (never downloaded twice): the row is simply completed.
             self._count("skipped")
             return
+        if doc["href"] is None:
+            # PDPJ lists it without a usable link (a refresh queued it before the link went).
+            self._count("failed")
+            raise PermanentFailure("PDPJ gives no usable link (hrefBinario) for this document")
         key = storage.object_key(self._prefix, doc["process_number"], doc["uuid"], doc["name"])
         log_ = log.bind(document_id=document_id, uuid=doc["uuid"], process=doc["process_number"])
         started = time.perf_counter()

@@ -8,18 +8,18 @@ from uuid import UUID
 
 import asyncpg
 
-from . import queries, states
+from . import access, process_data, states
 from .cnj import ProcessNumber
 from .config import Config
-from .db import Connection, transaction
-from .errors import UpstreamNotFound, UpstreamTransient
+from .db import Connection, queries, transaction
+from .errors import Forbidden, UpstreamNotFound, UpstreamTransient
 from .keys import ApiKey
 from .logs import get_logger
-from .views import JobRef, ProcessResponse, ProcessView
+from .schemas import JobRef, ProcessResponse, ProcessView
 
 if TYPE_CHECKING:
-    from .queue import Queue
-    from .upstream import PdpjClient, UpstreamProcess
+    from .queue.table import Queue
+    from .upstream.client import PdpjClient, UpstreamProcess
 
 log = get_logger(__name__)
 
@@ -44,8 +44,10 @@ class ProcessService:
         queue: Queue,
         config: Config,
         on_job_final: states.JobFinalHook | None = None,
+        access_log: access.AccessLog | None = None,
     ) -> None:
         self._pool = pool
+        self._access_log = access_log
         self._upstream = upstream
         self._queue = queue
         self._ttl = timedelta(seconds=config.pdpj.freshness_ttl_s)
@@ -75,12 +77,19 @@ class ProcessService:
                     raise
                 stale = True
                 log.warning("upstream_down_serving_stored", process=number.digits)
-        if fetched is None and auto_download:
+        level = (
+            fetched.sigilo_level if fetched is not None else stored["sigilo_level"] if stored else 0
+        )
+        # A sealed process (nivelSigilo > 0) is stored for the keys that may see it; a key
+        # without the permission learns only that it is sealed.
+        refused = level > 0 and not caller.sees_sealed
+        if fetched is None and auto_download and not refused:
             assert stored is not None
             # Most requests repeat one already served (clients poll by re-requesting): answer
             # those from one read instead of the locking transaction below.
             job = await self._covering_job(stored["id"], caller, webhook_url, base_url, number)
             if job is not None:
+                self._log(caller, stored["id"])
                 return ProcessResponse(process=_process_view(stored, number), job=job, stale=stale)
         job_id: UUID | None = None
         async with transaction(self._pool) as conn:
@@ -89,22 +98,42 @@ class ProcessService:
             else:
                 assert stored is not None
                 process_id = stored["id"]
-            if auto_download:
-                job_id = await self._ensure_job(conn, process_id, caller, webhook_url)
+            if not refused:
+                await access.grant(conn, caller, process_id)
+                if auto_download:
+                    job_id = await self._ensure_job(conn, process_id, caller, webhook_url)
+        if refused:
+            raise Forbidden(
+                f"process {number.masked} is under seal (segredo de justiça): this API key "
+                "has no permission for sealed material"
+            )
+        self._log(caller, process_id)
         row = await self._pool.fetchrow(_PROC["get_process"], number.digits)
         if row is None:  # deleted between the two reads; PDPJ has no such thing either
             raise UpstreamNotFound(f"process {number.masked} not found")
         job = await self._job_ref(job_id, base_url, number) if job_id else None
         return ProcessResponse(process=_process_view(row, number), job=job, stale=stale)
 
+    def _log(self, caller: ApiKey, process_id: int) -> None:
+        if self._access_log is not None:
+            self._access_log.record(caller, "request", process_id)
+
     async def _ensure_job(
         self, conn: Connection, process_id: int, caller: ApiKey, webhook_url: str | None
     ) -> UUID | None:
-        """The caller's active job over the process's documents, if any is not available."""
-        docs = await conn.fetch(_PROC["lock_documents_of_process"], process_id)
-        waiting = [d["id"] for d in docs if d["status"] != "available"]
-        if not waiting:
-            return None
+        """The caller's job over the documents it may see: its active one (extended), its
+        latest completed one when nothing is left to do and it covers the same documents, or a
+        new one (completed at once when every document is stored: its webhook is sent)."""
+        locked = await conn.fetch(_PROC["lock_documents_of_process"], process_id)
+        # Sealed documents are never downloaded on behalf of a key that may not see them.
+        docs = [d for d in locked if caller.sees_sealed or not d["sealed"]]
+        if all(d["status"] == "available" for d in docs):
+            latest = await conn.fetchrow(_JOBS["latest_completed_job"], process_id, caller.id)
+            same = latest is not None and list(latest["document_ids"]) == [d["id"] for d in docs]
+            if latest is not None and same and webhook_url in (None, latest["webhook_url"]):
+                return UUID(str(latest["id"]))
+            if not docs and webhook_url is None:
+                return None  # nothing to download and nobody to tell
         job_id = await conn.fetchval(_JOBS["insert_job"], process_id, caller.id, webhook_url, {})
         if job_id is None:
             active = await conn.fetchrow(_JOBS["active_job_for_update"], process_id, caller.id)
@@ -116,12 +145,14 @@ class ProcessService:
             log.info("job_created", job_id=str(job_id), process_id=process_id)
         await conn.execute(_JOBS["add_job_documents"], job_id, [d["id"] for d in docs])
         for doc in docs:
-            if doc["status"] == "failed":
-                # A new request tries failed documents again.
+            if doc["status"] == "failed" and doc["downloadable"]:
+                # A new request tries failed documents again (not those PDPJ gave no link for).
                 await states.transition_document(conn, doc["id"], "pending")
         # A processing document has a live queue row (rescued by its lease if its worker died);
         # touching that row could wait on a worker that waits on our document locks.
-        queued = [str(d["id"]) for d in docs if d["status"] in ("pending", "failed")]
+        queued = [
+            str(d["id"]) for d in docs if d["downloadable"] and d["status"] in ("pending", "failed")
+        ]
         await self._queue.enqueue_many(conn, DOWNLOAD_KIND, queued, max_attempts=self._max_attempts)
         await conn.fetch(_JOBS["lock_job"], job_id)
         await states.refresh_jobs(conn, [job_id], self._on_job_final)
@@ -136,7 +167,9 @@ class ProcessService:
         number: ProcessNumber,
     ) -> JobRef | None:
         """The caller's active job when the request would change nothing (see the SQL)."""
-        row = await self._pool.fetchrow(_JOBS["covering_active_job"], process_id, caller.id)
+        row = await self._pool.fetchrow(
+            _JOBS["covering_active_job"], process_id, caller.id, caller.sees_sealed
+        )
         if row is None or (webhook_url is not None and webhook_url != row["webhook_url"]):
             return None
         return _job_ref(row, base_url, number)
@@ -191,8 +224,11 @@ async def _store(conn: Connection, process: UpstreamProcess) -> int:
             [d.sigilo for d in docs],
             [d.href for d in docs],
             [d.raw for d in docs],
+            [None if d.href else f"PDPJ gave no usable link: {d.unusable_reason}" for d in docs],
         ]
         await conn.execute(_PROC["upsert_documents"], process_id, *columns)
+    # The typed data, its movements' identities, and the change this refresh brings (if any).
+    await process_data.record(conn, process_id, process.raw)
     return process_id
 
 

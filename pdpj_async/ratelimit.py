@@ -27,6 +27,11 @@ class TokenBucket:
         self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
 
+    def wait_for(self, tokens: float = 1.0) -> float:
+        """Seconds until `tokens` would be available (0.0: now), taking nothing."""
+        self._refill()
+        return max(0.0, (tokens - self._tokens) / self.rate)
+
     def try_acquire(self, tokens: float = 1.0) -> float:
         """Take `tokens` and return 0.0, or take nothing and return the seconds to wait."""
         self._refill()

@@ -8,8 +8,14 @@ from uuid import UUID
 
 import msgspec
 
+# The one source of the status literals (the SQL CHECK constraints say the same).
 DocumentStatus = Literal["pending", "processing", "available", "failed"]
 JobStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
+# A process's overall status: a job's, without cancelled.
+ProcessStatus = Literal["pending", "processing", "completed", "failed"]
+# What a caller is shown of a document: its status, or `restricted` for a sealed document the
+# caller's key may not see (listed, never linked, never downloaded on its behalf).
+DocumentViewStatus = Literal["pending", "processing", "available", "failed", "restricted"]
 
 
 class _View(msgspec.Struct, kw_only=True):
@@ -63,7 +69,7 @@ class DocumentView(_View):
     type: str | None
     mime_type: str | None
     sequence: int | None
-    status: DocumentStatus
+    status: DocumentViewStatus
     size: int | None
     declared_size: int | None
     sha256: str | None
@@ -95,11 +101,13 @@ class StatusView(_View):
     """Answer to GET /processes/{number}/status."""
 
     process_number: str
-    status: Literal["pending", "processing", "completed", "failed"]
+    status: ProcessStatus
+    # Counted over the documents the caller may see (restricted ones are listed, not counted).
     total_documents: int
     completed_documents: int
     failed_documents: int
     progress_percentage: float
+    restricted_documents: int
     documents: list[DocumentView]
     job: JobView | None
 

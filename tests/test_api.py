@@ -100,12 +100,15 @@ async def test_two_clients_get_two_jobs_but_each_document_is_downloaded_once(
         assert stats["documents"][doc["uuid"]]["completed"] == 1
 
 
-async def test_already_available_process_needs_no_job(stack: Stack, sandbox: Sandbox) -> None:
+async def test_an_already_available_process_answers_the_job_that_covered_it(
+    stack: Stack, sandbox: Sandbox
+) -> None:
     await three_docs(sandbox)
     body = await request_process(stack, stack.keys.user)
     await stack.wait_job(body["job"]["job_id"], stack.keys.user)
     again = await request_process(stack, stack.keys.user)
-    assert again["job"] is None
+    assert again["job"]["job_id"] == body["job"]["job_id"]
+    assert again["job"]["status"] == "completed"
     lazy = await request_process(stack, stack.keys.other, OTHER, auto_download="false")
     assert lazy["job"] is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -11,13 +12,14 @@ from aiohttp.test_utils import TestClient
 from pdpj_async import keys
 from pdpj_async.app import create_app
 from pdpj_async.config import Config
-from tests.fixtures.app import Keys
+from pdpj_async.server import appkeys
+from tests.fixtures.app import Keys, make_config
 
 PROBLEM = "application/problem+json"
 
 
 async def _echo(request: web.Request) -> web.Response:
-    from pdpj_async.middleware import caller
+    from pdpj_async.server.middleware import caller
 
     key = caller(request)
     return web.json_response({"id": key.id, "role": key.role})
@@ -105,3 +107,71 @@ async def test_health_and_readiness(aiohttp_client: Any, config: Config) -> None
     # No PDPJ token is configured here: the daemon is up but cannot work, and says why.
     assert resp.status == 503 and checks["pdpj_token"] == "no PDPJ token loaded"
     assert resp.headers["X-Request-ID"]
+
+
+async def test_a_refused_key_is_remembered_and_needs_no_database_connection(
+    aiohttp_client: Any, db_dsn: str, tmp_path: Any
+) -> None:
+    config = make_config(db_dsn, tmp_path, rate_limit={"auth_timeout_s": 0.3})
+    client = await make_client(aiohttp_client, config)
+    unknown = {"Authorization": "Bearer " + keys.generate_key()}
+    await assert_problem(await client.get("/api/v1/whoami", headers=unknown), 401, "unauthorized")
+    # Every connection of the daemon's pool is busy (the workers, say).
+    pool = client.app[appkeys.POOL]
+    held = []
+    while True:  # every connection the workers and the sender do not hold already
+        try:
+            held.append(await pool.acquire(timeout=0.5))
+        except TimeoutError:
+            break
+    try:
+        # The refused key is answered from memory, at once.
+        body = await assert_problem(
+            await client.get("/api/v1/whoami", headers=unknown), 401, "unauthorized"
+        )
+        assert "not known" in body["detail"]
+        # A key never seen needs the database: a 503 after the wait, not a queue.
+        fresh = {"Authorization": "Bearer " + keys.generate_key()}
+        started = asyncio.get_running_loop().time()
+        resp = await client.get("/api/v1/whoami", headers=fresh)
+        await assert_problem(resp, 503, "database-unavailable")
+        assert asyncio.get_running_loop().time() - started < 5
+    finally:
+        for conn in held:
+            await pool.release(conn)
+
+
+async def test_a_flood_of_bad_keys_from_one_address_is_slowed_with_429(
+    aiohttp_client: Any, db_dsn: str, tmp_path: Any, api_keys: Keys
+) -> None:
+    config = make_config(
+        db_dsn, tmp_path, rate_limit={"unauthenticated_per_s": 1, "unauthenticated_burst": 5}
+    )
+    client = await make_client(aiohttp_client, config)
+    known = Keys.header(api_keys.user)
+    assert (await client.get("/api/v1/whoami", headers=known)).status == 200
+    statuses = []
+    for _ in range(8):
+        bad = {"Authorization": "Bearer " + keys.generate_key()}
+        statuses.append((await client.get("/api/v1/whoami", headers=bad)).status)
+    assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+    limited = await client.get("/api/v1/whoami")
+    body = await assert_problem(limited, 429, "rate-limited")
+    assert "without a valid API key" in body["detail"] and int(limited.headers["Retry-After"]) >= 1
+    # A key verified a moment ago is not held up by its address's bad requests; one that
+    # would need a lookup waits like the bad ones (the lookup is what a flood costs).
+    assert (await client.get("/api/v1/whoami", headers=known)).status == 200
+    other = await client.get("/api/v1/whoami", headers=Keys.header(api_keys.other))
+    assert other.status == 429
+
+
+async def test_a_key_spends_its_rate_limit_even_on_routes_its_role_may_not_use(
+    aiohttp_client: Any, db_dsn: str, tmp_path: Any, api_keys: Keys
+) -> None:
+    config = make_config(db_dsn, tmp_path, rate_limit={"requests_per_s": 1, "burst": 3})
+    client = await make_client(aiohttp_client, config)
+    headers = Keys.header(api_keys.user)
+    statuses = [
+        (await client.get("/api/v1/admin/whoami", headers=headers)).status for _ in range(5)
+    ]
+    assert statuses == [403, 403, 403, 429, 429]

@@ -12,12 +12,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from pdpj_async import state
-from pdpj_async.api import STATUS_ROUNDS, SignedUrls
 from pdpj_async.app import create_app
 from pdpj_async.cnj import parse
+from pdpj_async.jobs import Viewer
+from pdpj_async.schemas import StatusView
+from pdpj_async.server import appkeys
+from pdpj_async.server.api import STATUS_ROUNDS, SignedUrls
 from pdpj_async.storage import content_disposition
-from pdpj_async.views import StatusView
 from tests.fixtures.app import Keys, Stack, stack_config
 from tests.fixtures.sandbox import Sandbox
 from tests.test_api import NUMBER, request_process, three_docs
@@ -27,7 +28,7 @@ class PausedReads:
     """Wraps the status read: each read, once done, waits to be let go (a round in flight)."""
 
     def __init__(self, stack: Stack) -> None:
-        self.jobs = stack.app[state.JOBS]
+        self.jobs = stack.app[appkeys.JOBS]
         self.real = self.jobs.status_snapshot
         self.scopes: list[list[int | None]] = []
         self.done = asyncio.Event()
@@ -36,7 +37,7 @@ class PausedReads:
 
     async def read(self, number: Any, scopes: Any, *args: Any) -> Any:
         snapshot = await self.real(number, scopes, *args)
-        self.scopes.append(list(scopes))
+        self.scopes.append([viewer.scope for viewer in scopes])
         self.done.set()
         await self.go.wait()
         return snapshot
@@ -88,9 +89,12 @@ async def test_a_caller_without_a_job_shares_the_round_and_sees_none(
     await three_docs(sandbox)
     mine = (await request_process(stack, stack.keys.user))["job"]
     await stack.wait_job(mine["job_id"], stack.keys.user)
+    # The other key asked for the process without downloading: it may see it, has no job.
+    await request_process(stack, stack.keys.other, auto_download="false")
     rounds = stack.app[STATUS_ROUNDS]
     key = (parse(NUMBER), stack.config.http.public_url)
-    user, other = stack.keys.user.info.id, stack.keys.other.info.id
+    user = Viewer(stack.keys.user.info.id, False)
+    other = Viewer(stack.keys.other.info.id, False)
     # Joined in one step: one round for both.
     snap_user, snap_other = await asyncio.gather(rounds.join(key, user), rounds.join(key, other))
     assert snap_user is snap_other
@@ -104,11 +108,12 @@ async def test_a_commit_during_a_round_is_seen_by_requests_that_came_after_it(
     docs = await three_docs(sandbox)
     mine = (await request_process(stack, stack.keys.user))["job"]
     await stack.wait_job(mine["job_id"], stack.keys.user)
+    await request_process(stack, stack.keys.other, auto_download="false")
     paused = PausedReads(stack)
     before = asyncio.create_task(status(stack, stack.keys.other))
     await paused.done.wait()
     # Committed while that round is in flight (it has read already): a document and a job change.
-    pool = stack.app[state.POOL]
+    pool = stack.app[appkeys.POOL]
     await pool.execute(
         "UPDATE pdpj.documents SET status = 'failed', error_message = 'gone' WHERE uuid = $1",
         docs[0]["uuid"],

@@ -7,55 +7,38 @@ import contextvars
 import functools
 import time
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 from uuid import UUID
 
 import msgspec
 from aiohttp import web
 
-from . import cnj, keys, queries, state, webhooks
-from .errors import InvalidRequest, NotFound
-from .jobs import StatusSnapshot, UrlSigner
-from .keys import KeyInfo
+from .. import cnj
+from ..errors import InvalidRequest, NotFound
+from ..jobs import StatusSnapshot, UrlSigner, Viewer
+from ..schemas import JobList, JobStatus, JobView, ProcessResponse, StatusView
+from ..storage import Storage
+from ..webhooks import outbox
+from . import admin, appkeys, search_routes
 from .middleware import caller
 from .openapi import Operation, Param, Route
 from .problems import Problem
-from .storage import Storage
-from .views import JobList, JobView, ProcessResponse, StatusView
 
 _encode = msgspec.json.Encoder().encode
 
 JSON = "application/json"
-_PROC = queries.load("processes")
 MAX_LIMIT = 200
+_JOB_STATUSES = frozenset(get_args(JobStatus))
 
 K = TypeVar("K", bound=Hashable)
 M = TypeVar("M")
 R = TypeVar("R")
 
 
-class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """Body of POST /admin/api-keys."""
-
-    name: str = msgspec.field()
-    role: Literal["admin", "user"] = "user"
-    # Bounded: the columns are a double and a 32-bit integer.
-    rate_limit_per_s: Annotated[float, msgspec.Meta(gt=0, le=1_000_000)] | None = None
-    rate_limit_burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
-
-
 class JobDetail(JobView, kw_only=True):
     """A job with its webhook deliveries and their attempts."""
 
-    deliveries: list[webhooks.Delivery]
-
-
-class CreatedKey(msgspec.Struct, kw_only=True):
-    """A new key: the only time `key` and `webhook_secret` are shown."""
-
-    key: str
-    webhook_secret: str
-    info: KeyInfo
+    deliveries: list[outbox.Delivery]
 
 
 def json_response(value: Any, status: int = 200) -> web.Response:
@@ -65,7 +48,7 @@ def json_response(value: Any, status: int = 200) -> web.Response:
 
 def base_url(request: web.Request) -> str:
     """The URL clients reach us at: http.public_url, or the request's own origin."""
-    configured = request.app[state.CONFIG].http.public_url
+    configured = request.app[appkeys.CONFIG].http.public_url
     return configured.rstrip("/") if configured else str(request.url.origin())
 
 
@@ -98,8 +81,8 @@ async def get_process(request: web.Request) -> web.Response:
     number = _process_number(request)
     webhook_url = request.query.get("webhook_url") or None
     if webhook_url is not None:
-        webhook_url = str(await request.app[state.URL_GUARD].validate(webhook_url))
-    response = await request.app[state.PROCESSES].request(
+        webhook_url = str(await request.app[appkeys.URL_GUARD].validate(webhook_url))
+    response = await request.app[appkeys.PROCESSES].request(
         caller(request),
         number,
         base_url=base_url(request),
@@ -229,40 +212,33 @@ class SignedUrls:
 
 
 async def _status_round(
-    app: web.Application, urls: SignedUrls, key: StatusKey, scopes: list[int | None]
+    app: web.Application, urls: SignedUrls, key: StatusKey, viewers: list[Viewer]
 ) -> StatusSnapshot:
     # Signed when the round starts, after each of its requests arrived: every URL is valid for
     # the full lifetime from the moment its request was made.
     number, base = key
-    sign = urls.signer(app[state.STORAGE])
-    return await app[state.JOBS].status_snapshot(number, scopes, base, sign)
+    sign = urls.signer(app[appkeys.STORAGE])
+    return await app[appkeys.JOBS].status_snapshot(number, viewers, base, sign)
 
 
-STATUS_ROUNDS = web.AppKey("status_rounds", Rounds[StatusKey, int | None, StatusSnapshot])
+STATUS_ROUNDS = web.AppKey("status_rounds", Rounds[StatusKey, Viewer, StatusSnapshot])
 
 
 async def get_status(request: web.Request) -> web.Response:
     """The documents of a process with their states and fresh download URLs."""
-    who = caller(request)
+    viewer = Viewer.of(caller(request))
     number = _parse_number(request.match_info["number"])
     # What a caller sees of the jobs depends on who it is (its own latest; an admin: anyone's);
     # the documents are the same for all, so one round serves every caller of the process.
-    scope = None if who.is_admin else who.id
-    snapshot = await request.app[STATUS_ROUNDS].join((number, base_url(request)), scope)
-    return web.Response(body=snapshot.body(scope), content_type=JSON)
+    snapshot = await request.app[STATUS_ROUNDS].join((number, base_url(request)), viewer)
+    return web.Response(body=snapshot.body(viewer), content_type=JSON)
 
 
 async def list_jobs(request: web.Request) -> web.Response:
     """The caller's jobs (an admin's: everyone's), newest first, by cursor."""
     query = request.query
     status = query.get("status") or None
-    if status is not None and status not in {
-        "pending",
-        "processing",
-        "completed",
-        "failed",
-        "cancelled",
-    }:
+    if status is not None and status not in _JOB_STATUSES:
         raise InvalidRequest(f"status: not a job status: {status[:40]!r}")
     process = cnj.parse(query["process"]) if query.get("process") else None
     try:
@@ -271,7 +247,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         raise InvalidRequest("limit: expected an integer") from None
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit: expected 1 to {MAX_LIMIT}")
-    page = await request.app[state.JOBS].list(
+    page = await request.app[appkeys.JOBS].list(
         caller(request),
         base_url(request),
         status=status,
@@ -284,16 +260,16 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     """One job with its webhook deliveries."""
-    jobs = request.app[state.JOBS]
+    jobs = request.app[appkeys.JOBS]
     view = await jobs.get(caller(request), _job_id(request), base_url(request))
-    deliveries = await webhooks.deliveries_for_job(request.app[state.POOL], view.job_id)
+    deliveries = await outbox.deliveries_for_job(request.app[appkeys.POOL], view.job_id)
     fields = {f: getattr(view, f) for f in view.__struct_fields__}
     return json_response(JobDetail(**fields, deliveries=deliveries))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel an active job."""
-    view = await request.app[state.JOBS].cancel(
+    view = await request.app[appkeys.JOBS].cancel(
         caller(request), _job_id(request), base_url(request)
     )
     return json_response(view)
@@ -301,59 +277,21 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def retry_job(request: web.Request) -> web.Response:
     """Queue a job's failed documents again."""
-    view = await request.app[state.JOBS].retry(caller(request), _job_id(request), base_url(request))
+    view = await request.app[appkeys.JOBS].retry(
+        caller(request), _job_id(request), base_url(request)
+    )
     return json_response(view, status=202)
 
 
 async def download_document(request: web.Request) -> web.Response:
     """Redirect to a fresh signed URL of an available document."""
-    caller(request)
+    who = caller(request)
     uuid = request.match_info["uuid"]
     if len(uuid) > 100 or "\x00" in uuid:
-        raise NotFound("no such document")
-    row = await request.app[state.POOL].fetchrow(_PROC["available_document_by_uuid"], uuid)
-    if row is None:
         raise NotFound(f"no available document {uuid[:64]!r}")
-    url = request.app[state.STORAGE].download_url(row["storage_key"])
+    key = await request.app[appkeys.JOBS].available_document_key(who, uuid)
+    url = request.app[appkeys.STORAGE].download_url(key)
     raise web.HTTPFound(url)
-
-
-async def create_key(request: web.Request) -> web.Response:
-    """Create an API key (admin)."""
-    try:
-        body = msgspec.json.decode(await request.read(), type=CreateKeyRequest)
-    except msgspec.ValidationError as exc:
-        raise InvalidRequest(f"body: {exc}") from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("body: expected a JSON object") from None
-    if not 1 <= len(body.name) <= 200:
-        raise InvalidRequest("name: 1 to 200 characters")
-    new = await keys.create_key(
-        request.app[state.POOL],
-        body.name,
-        body.role,
-        rate_limit_per_s=body.rate_limit_per_s,
-        rate_limit_burst=body.rate_limit_burst,
-    )
-    return json_response(
-        CreatedKey(key=new.key, webhook_secret=new.webhook_secret, info=new.info), status=201
-    )
-
-
-async def list_keys(request: web.Request) -> web.Response:
-    """Every API key (admin); never the keys themselves."""
-    return json_response(await keys.list_keys(request.app[state.POOL]))
-
-
-async def revoke_key(request: web.Request) -> web.Response:
-    """Revoke an API key (admin)."""
-    try:
-        key_id = int(request.match_info["key_id"])
-    except ValueError:
-        raise NotFound("no such API key") from None
-    info = await keys.revoke_key(request.app[state.POOL], key_id)
-    request.app[state.AUTH_CACHE].clear()
-    return json_response(info)
 
 
 _NUMBER = Param("number", "path", "CNJ number: 20 digits or NNNNNNN-DD.AAAA.J.TR.OOOO")
@@ -390,23 +328,15 @@ ROUTES: list[Route] = [
     Route("GET", "/api/v1/documents/{uuid}/download", download_document, Operation(
         "Download a document", "Redirects (302) to a fresh signed URL.",
         params=[Param("uuid", "path", "PDPJ document uuid")], responses={302: None})),
-    Route("POST", "/api/v1/admin/api-keys", create_key, Operation(
-        "Create an API key", "Admin only. The key and its webhook secret are shown once.",
-        body=CreateKeyRequest, responses={201: CreatedKey})),
-    Route("GET", "/api/v1/admin/api-keys", list_keys, Operation(
-        "List API keys", "Admin only.", responses={200: list[KeyInfo]})),
-    Route("DELETE", "/api/v1/admin/api-keys/{key_id}", revoke_key, Operation(
-        "Revoke an API key", "Admin only. The last active admin key cannot be revoked (409).",
-        params=[Param("key_id", "path", "key id", "integer")],
-        responses={200: KeyInfo, 409: Problem})),
 ]  # fmt: skip
 
 
 def all_routes() -> list[Route]:
     """Every documented route: this module's and the webhook endpoints'."""
-    from . import webhook_routes
+    from . import admin, process_routes, webhook_routes
 
-    return [*ROUTES, *webhook_routes.ROUTES]
+    routes = [*ROUTES, *process_routes.ROUTES, *admin.ROUTES, *webhook_routes.ROUTES]
+    return [*routes, *search_routes.ROUTES]
 
 
 def setup_routes(app: web.Application) -> None:
@@ -414,3 +344,5 @@ def setup_routes(app: web.Application) -> None:
     app[STATUS_ROUNDS] = Rounds(functools.partial(_status_round, app, SignedUrls()))
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
+    admin.setup_routes(app)
+    search_routes.setup_routes(app)

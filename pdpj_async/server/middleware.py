@@ -16,12 +16,14 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from . import keys, problems, state
-from .errors import AuthError, DatabaseUnavailable, Forbidden, PdpjAsyncError, RateLimited
-from .keys import ApiKey
-from .logs import get_logger
+from .. import keys
+from ..config import RateLimitConfig
+from ..errors import AuthError, DatabaseUnavailable, Forbidden, PdpjAsyncError, RateLimited
+from ..keys import ApiKey
+from ..logs import get_logger
+from ..ratelimit import TokenBucket
+from . import appkeys, problems
 from .metrics import METRICS
-from .ratelimit import TokenBucket
 
 log = get_logger(__name__)
 
@@ -35,7 +37,7 @@ ADMIN_PREFIX = "/api/v1/admin/"
 
 def caller(request: web.Request) -> ApiKey:
     """The authenticated key of this request."""
-    key: ApiKey | None = request.get(state.API_KEY)
+    key: ApiKey | None = request.get(appkeys.API_KEY)
     if key is None:
         raise AuthError("this route needs an API key")
     return key
@@ -43,7 +45,7 @@ def caller(request: web.Request) -> ApiKey:
 
 def request_id(request: web.Request) -> str:
     """This request's id (from X-Request-ID when sane, else generated)."""
-    rid: str = request.get(state.REQUEST_ID, "")
+    rid: str = request.get(appkeys.REQUEST_ID, "")
     return rid
 
 
@@ -59,7 +61,7 @@ def _start_request(request: web.Request) -> str:
         rid = given
     else:
         rid = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-    request[state.REQUEST_ID] = rid
+    request[appkeys.REQUEST_ID] = rid
     # Requests of one keep-alive connection share a context: the last one's fields must go.
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=rid)
@@ -70,7 +72,7 @@ def _end_request(
     request: web.Request, response: web.StreamResponse, rid: str, started: float
 ) -> None:
     response.headers[REQUEST_ID_HEADER] = rid
-    config = request.app.get(state.CONFIG)
+    config = request.app.get(appkeys.CONFIG)
     # Checked here: even a filtered-out log call costs a few µs, a tenth of a small request.
     if config is not None and config.logging.level == "debug":
         log.debug(
@@ -113,7 +115,7 @@ async def _answer(
 ) -> web.StreamResponse:
     """The handler's response, or the problem document of what it (or the auth) raised."""
     try:
-        config = request.app.get(state.CONFIG)
+        config = request.app.get(appkeys.CONFIG)
         length = request.content_length
         if config is not None and length is not None and length > config.http.max_body_bytes:
             # Refused before any handler acts, also on routes that would never read the body.
@@ -171,36 +173,72 @@ def presented_key(request: web.Request) -> str | None:
 
 
 async def _authenticate(request: web.Request) -> None:
-    """Set the request's API key (on /api/ routes but the public ones) and spend its rate."""
+    """Set the request's API key (on /api/ routes but the public ones) and spend its rate.
+
+    A request without a valid key spends its client address's budget for such requests, so
+    that a flood of made-up keys is refused before it costs a query each; a refused key is
+    remembered for a while (`rate_limit.negative_cache_s`).
+    """
     path = request.path
     if not path.startswith("/api/") or path in PUBLIC_PATHS:
         return
-    key = presented_key(request)
+    limits = request.app[appkeys.RATE_LIMITS]
+    try:
+        key = presented_key(request)
+    except AuthError:
+        limits.spend_refused(request.remote)
+        raise
     if not key:
+        limits.spend_refused(request.remote)
         raise AuthError("this route needs an API key: 'Authorization: Bearer <key>'")
-    cache = request.app[state.AUTH_CACHE]
+    cache = request.app[appkeys.AUTH_CACHE]
     api_key = cache.get(key)
     if api_key is None:
-        try:
-            api_key = await keys.authenticate(request.app[state.POOL], key)
-        except (OSError, TimeoutError) as exc:
-            raise DatabaseUnavailable("cannot reach the database to check the key") from exc
+        api_key = await _look_up(request, key, limits)
         cache.put(key, api_key)
-    request[state.API_KEY] = api_key
+    request[appkeys.API_KEY] = api_key
     structlog.contextvars.bind_contextvars(api_key_id=api_key.id)
+    # The key's own budget is spent before its role is checked: refused calls count too.
+    limits.check(api_key)
     if path.startswith(ADMIN_PREFIX) and not api_key.is_admin:
         raise Forbidden("this route needs an admin key")
-    limits = request.app[state.RATE_LIMITS]
-    limits.check(api_key)
+
+
+async def _look_up(request: web.Request, key: str, limits: RateLimits) -> ApiKey:
+    """The key's row, unless it was refused lately; waits for a connection only so long."""
+    cache = request.app[appkeys.AUTH_CACHE]
+    reason = cache.refused(key)
+    if reason is not None:
+        limits.spend_refused(request.remote)
+        raise AuthError(reason)
+    limits.check_refused(request.remote)
+    config = request.app[appkeys.CONFIG].rate_limit
+    try:
+        # Authentication does not queue behind the workers for a connection: it gives up.
+        async with request.app[appkeys.POOL].acquire(timeout=config.auth_timeout_s) as conn:
+            return await keys.authenticate(conn, key)
+    except AuthError as exc:
+        cache.put_refused(key, str(exc))
+        limits.spend_refused(request.remote)
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable("cannot reach the database to check the key") from exc
 
 
 class RateLimits:
-    """A token bucket per API key (per daemon instance), sized by config or the key's own limit."""
+    """A token bucket per API key (per daemon instance), sized by config or the key's own
+    limit; and one per client address for requests that present no valid key."""
 
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = burst
+    # Client addresses tracked at most (a flood from many addresses forgets the oldest).
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, config: RateLimitConfig) -> None:
+        self._rate = config.requests_per_s
+        self._burst = config.burst
+        self._refused_rate = config.unauthenticated_per_s
+        self._refused_burst = config.unauthenticated_burst
         self._buckets: dict[int, TokenBucket] = {}
+        self._by_address: dict[str, TokenBucket] = {}
 
     def check(self, api_key: ApiKey) -> None:
         """Spend one request of the key's budget; raises RateLimited when there is none."""
@@ -218,3 +256,34 @@ class RateLimits:
                 retry_after=wait,
                 limit=int(bucket.burst),
             )
+
+    def check_refused(self, address: str | None) -> None:
+        """Raise RateLimited when this address has used up its budget of refused requests."""
+        bucket = self._address_bucket(address)
+        if bucket is not None and (wait := bucket.wait_for()) > 0:
+            raise self._refused_limited(wait, bucket)
+
+    def spend_refused(self, address: str | None) -> None:
+        """Count a request refused for its key; RateLimited when the budget is spent."""
+        bucket = self._address_bucket(address)
+        if bucket is not None and (wait := bucket.try_acquire()) > 0:
+            raise self._refused_limited(wait, bucket)
+
+    def _address_bucket(self, address: str | None) -> TokenBucket | None:
+        if self._refused_rate <= 0:
+            return None
+        name = address or "unknown"
+        bucket = self._by_address.get(name)
+        if bucket is None:
+            if len(self._by_address) >= self.MAX_ADDRESSES:
+                self._by_address.pop(next(iter(self._by_address)))
+            bucket = self._by_address[name] = TokenBucket(self._refused_rate, self._refused_burst)
+        return bucket
+
+    def _refused_limited(self, wait: float, bucket: TokenBucket) -> RateLimited:
+        return RateLimited(
+            f"too many requests without a valid API key from this address "
+            f"({self._refused_rate:g}/s, burst {self._refused_burst}); retry later",
+            retry_after=wait,
+            limit=int(bucket.burst),
+        )

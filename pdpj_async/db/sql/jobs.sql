@@ -55,16 +55,19 @@ FOR UPDATE;
 -- name: refresh_jobs
 -- Counters derived from the documents (a fresh snapshot: the jobs are locked already);
 -- a job whose documents are all final becomes completed (none failed) or failed.
+-- A job with no documents (a webhook asked for a process that has none) is completed at once.
 WITH counts AS (
-    SELECT jd.job_id,
-           count(*) AS total,
-           count(*) FILTER (WHERE d.status = 'available') AS completed,
-           count(*) FILTER (WHERE d.status = 'failed') AS failed,
-           count(*) FILTER (WHERE d.status = 'processing') AS processing
-    FROM pdpj.job_documents jd
-    JOIN pdpj.documents d ON d.id = jd.document_id
-    WHERE jd.job_id = ANY($1::uuid[])
-    GROUP BY jd.job_id
+    SELECT j.id AS job_id,
+           count(d.id) AS total,
+           count(d.id) FILTER (WHERE d.status = 'available') AS completed,
+           count(d.id) FILTER (WHERE d.status = 'failed') AS failed,
+           count(d.id) FILTER (WHERE d.status = 'processing') AS processing,
+           (array_agg(d.error_message ORDER BY d.sequence NULLS LAST, d.id)
+                FILTER (WHERE d.status = 'failed'))[1] AS first_error
+    FROM unnest($1::uuid[]) AS j (id)
+    LEFT JOIN pdpj.job_documents jd ON jd.job_id = j.id
+    LEFT JOIN pdpj.documents d ON d.id = jd.document_id
+    GROUP BY j.id
 ), next AS (
     SELECT c.*,
            CASE WHEN c.completed + c.failed = c.total
@@ -81,6 +84,11 @@ SET total_documents = n.total,
     status = n.status,
     started_at = CASE WHEN n.status <> 'pending' THEN coalesce(j.started_at, now()) END,
     completed_at = CASE WHEN n.status IN ('completed', 'failed') THEN now() END,
+    -- A failed job says in one line how many failed and why the first did.
+    error = CASE WHEN n.status = 'failed'
+                 THEN left(format('%s of %s documents failed; the first: %s', n.failed, n.total,
+                                  coalesce(n.first_error, 'no reason recorded')), 500)
+                 ELSE j.error END,
     updated_at = now()
 FROM next n
 WHERE j.id = n.job_id AND j.status IN ('pending', 'processing')
@@ -133,7 +141,7 @@ LIMIT $6;
 -- it has none, no row when the process is unknown.
 SELECT p.id AS process_id, d.id, d.uuid, d.name, d.type_name, d.mime_type, d.stored_mime_type,
        d.declared_size, d.sequence, d.status, d.size, d.sha256, d.storage_key, d.error_message,
-       d.download_started_at, d.download_completed_at
+       d.download_started_at, d.download_completed_at, pdpj.is_sealed(d.sigilo) AS sealed
 FROM pdpj.processes p
 LEFT JOIN pdpj.documents d ON d.process_id = p.id
 WHERE p.number = $1
@@ -153,6 +161,16 @@ UNION ALL
  ORDER BY v.created_at DESC, v.id DESC
  LIMIT 1);
 
+-- name: latest_completed_job
+-- The caller's ($2) newest completed job for process $1, with the documents it covered.
+SELECT j.id, j.webhook_url,
+       array(SELECT jd.document_id FROM pdpj.job_documents jd WHERE jd.job_id = j.id
+             ORDER BY jd.document_id) AS document_ids
+FROM pdpj.jobs j
+WHERE j.process_id = $1 AND j.api_key_id = $2 AND j.status = 'completed'
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT 1;
+
 -- name: covering_active_job
 -- The caller's ($2) active job for the process ($1) when a repeated request would change
 -- nothing: the job already waits on every document that is not available, and none has failed
@@ -167,7 +185,8 @@ WHERE j.process_id = $1 AND j.api_key_id = $2 AND j.status IN ('pending', 'proce
       SELECT 1
       FROM pdpj.documents d
       WHERE d.process_id = $1
-        AND (d.status = 'failed'
+        AND ($3 OR NOT pdpj.is_sealed(d.sigilo))
+        AND ((d.status = 'failed' AND d.href IS NOT NULL)
              OR (d.status <> 'available'
                  AND NOT EXISTS (SELECT 1 FROM pdpj.job_documents jd
                                  WHERE jd.job_id = j.id AND jd.document_id = d.id))));

@@ -1,22 +1,25 @@
 -- name: insert_key
 INSERT INTO pdpj.api_keys (name, role, key_prefix, key_hash, webhook_secret,
-                           rate_limit_per_s, rate_limit_burst)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-RETURNING id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rate_limit_burst;
+                           rate_limit_per_s, rate_limit_burst, can_read_sigiloso)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rate_limit_burst,
+          can_read_sigiloso;
 
 -- name: find_by_prefix
 SELECT id, name, role, key_hash, webhook_secret, previous_webhook_secret, secret_rotated_at,
-       rate_limit_per_s, rate_limit_burst, revoked_at
+       rate_limit_per_s, rate_limit_burst, revoked_at, can_read_sigiloso
 FROM pdpj.api_keys
 WHERE key_prefix = $1;
 
 -- name: list_keys
-SELECT id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rate_limit_burst
+SELECT id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rate_limit_burst,
+       can_read_sigiloso
 FROM pdpj.api_keys
 ORDER BY id;
 
 -- name: get_key
-SELECT id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rate_limit_burst
+SELECT id, name, role, key_prefix, created_at, revoked_at, rate_limit_per_s, rate_limit_burst,
+       can_read_sigiloso
 FROM pdpj.api_keys
 WHERE id = $1;
 
