@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.s3",
     "tests.fixtures.receiver",
+    "tests.fixtures.pgbouncer",
 ]
