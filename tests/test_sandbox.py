@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from pdpj_async.cnj import parse
-from pdpj_async.sandbox_data import document_chunks, generate_process
-from pdpj_async.upstream import list_documents
+from pdpj_async.sandbox.data import document_chunks, generate_process
+from pdpj_async.upstream.parse import list_documents
 from tests.fixtures.sandbox import (
     FIXTURE_NUMBER,
     MakeSandbox,
@@ -146,6 +146,58 @@ async def test_override_sets_exact_documents(sandbox: Sandbox) -> None:
         (8 * 1024 * 1024 + 1, "application/pdf"),
         (5, "text/html"),
     ]
+
+
+def test_generated_processes_have_parties_lawyers_hundreds_of_movements_and_relations() -> None:
+    related = sealed = 0
+    for sequence in (f"{n:07d}" for n in range(100, 140)):
+        raw = generate_process(parse(_valid(sequence))).raw
+        for instance in [raw["tramitacaoAtual"], *raw.get("tramitacoes", [])]:
+            poles = [p["polo"] for p in instance["partes"]]
+            assert "ATIVO" in poles and "PASSIVO" in poles and len(poles) >= 2
+            assert all(p["representantes"] for p in instance["partes"])
+            lawyer = instance["partes"][0]["representantes"][0]
+            assert lawyer["tipoRepresentacao"] == "ADVOGADO" and lawyer["nome"]
+            moves = instance["movimentos"]
+            assert 100 <= len(moves) <= 303
+            stamps = [m["dataHora"] for m in moves]
+            assert stamps == sorted(stamps, reverse=True)  # newest first, as PDPJ lists them
+            for other in instance["processosRelacionados"]:
+                parse(other["numeroProcesso"])  # a valid CNJ number
+                related += 1
+            sealed += any(p["sigilosa"] for p in instance["partes"])
+    assert related > 0 and sealed > 0
+
+
+async def test_control_adds_movements_and_documents_that_the_next_answer_lists(
+    sandbox: Sandbox,
+) -> None:
+    number = GENERATED[0]
+    _, _, body = await get(sandbox, f"/processos/{number}")
+    before = json.loads(body)[0]["tramitacaoAtual"]
+    moves = await sandbox.add_movements(number, count=3)
+    named = await sandbox.add_movements(number, movements=[{"descricao": "Sentença publicada"}])
+    docs = await sandbox.add_documents(number, documents=[{"size": 4321, "mime": "text/html"}])
+    _, _, body = await get(sandbox, f"/processos/{number}")
+    after = json.loads(body)[0]["tramitacaoAtual"]
+    assert after["movimentos"][:4] == [*named, *reversed(moves)]
+    assert after["movimentos"][4:] == before["movimentos"]
+    assert after["movimentos"][0]["dataHora"] > before["movimentos"][0]["dataHora"]
+    assert after["documentos"] == [*before["documentos"], *docs]
+    uuid = docs[0]["hrefBinario"].split("/")[-2]
+    status, mime, content = await get(sandbox, sandbox.href(number, uuid))
+    assert (status, mime, len(content)) == (200, "text/html", 4321)
+    await sandbox.reset()
+    _, _, body = await get(sandbox, f"/processos/{number}")
+    assert json.loads(body)[0]["tramitacaoAtual"] == before
+
+
+async def test_control_refuses_a_bad_body_or_number(sandbox: Sandbox) -> None:
+    url = sandbox.root + "/_sandbox/processes/{}/movements"
+    async with sandbox.session.post(url.format(GENERATED[0]), json={"count": "x"}) as resp:
+        assert resp.status == 400
+    async with sandbox.session.post(url.format("123"), json={"count": 1}) as resp:
+        assert resp.status == 400
 
 
 def _free_port() -> int:

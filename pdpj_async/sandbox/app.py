@@ -6,167 +6,22 @@ import asyncio
 import contextlib
 import hmac
 import signal
-from collections import Counter
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from . import cnj, logs
-from .errors import InvalidProcessNumber
-from .sandbox_data import (
-    FIXTURE_NUMBER,
-    DocSpec,
-    ProcessOverride,
-    SandboxProcess,
-    document_chunks,
-    document_sha256,
-    fixture_search,
-    generate_process,
-    search_answer,
-)
+from .. import cnj, logs
+from ..errors import InvalidProcessNumber
+from .control import setup_control
+from .data import FIXTURE_NUMBER, DocSpec, document_chunks, fixture_search, search_answer
+from .state import SANDBOX, DocStats, Fault, SandboxSettings, SandboxState
+
+__all__ = ["SANDBOX", "Fault", "SandboxSettings", "SandboxState", "create_sandbox_app", "serve"]
 
 log = logs.get_logger(__name__)
 
 API = "/api/v2"
-Scope = Literal["binary", "details", "text", "all"]
-
-
-class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """A misbehaviour for matching requests; the newest matching rule wins."""
-
-    uuid: str | None = None
-    # 20 digits or masked; matches that process's details and documents.
-    number: str | None = None
-    scope: Scope = "binary"
-    # Answer this status instead (500/502/503/429/404/403...), with Retry-After if given.
-    status: int | None = None
-    retry_after: str | None = None
-    latency_ms: float = 0.0
-    # Answer the web app's HTML shell (200 text/html) instead of the file; with `status`,
-    # a bare HTML error page with that status instead (the gateway's 403).
-    html_shell: bool = False
-    # Answer a short "being prepared" JSON (200) instead of the file.
-    not_ready: bool = False
-    # Send this many body bytes, then abort the connection (a reset).
-    reset_after: int | None = None
-    # Send this many body bytes under the full Content-Length, then close cleanly.
-    truncate_after: int | None = None
-    bandwidth_bps: int | None = None
-    # Apply to this many requests, then disappear; None: until cleared.
-    times: int | None = None
-
-
-class SandboxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """How the sandbox behaves; faults and overrides can also be changed at run time."""
-
-    token: str = "sandbox-token"  # noqa: S105 - the sandbox's well-known default
-    # Added to every API request.
-    latency_ms: float = 0.0
-    docs_per_process: tuple[int, int] = (0, 8)
-    doc_size_range: tuple[int, int] = (1024, 256 * 1024)
-    sigiloso_ratio: float = 0.0
-    # SIGILOSO documents answer 403, as PDPJ does to a token without access.
-    refuse_sigiloso: bool = True
-    default_form: Literal["array", "object"] = "array"
-    # After this many authenticated requests the token answers 401 until a new one is set.
-    token_expires_after: int | None = None
-    faults: list[Fault] = []
-    overrides: list[ProcessOverride] = []
-    chunk_size: int = 64 * 1024
-
-
-class DocStats(msgspec.Struct):
-    fetches: int = 0
-    completed: int = 0
-    bytes: int = 0
-
-
-class SandboxState:
-    """Run-time state: token, faults, overrides, counters."""
-
-    def __init__(self, settings: SandboxSettings) -> None:
-        self.settings = settings
-        self.reset()
-
-    def reset(self) -> None:
-        """Back to the settings: token, faults, overrides; counters cleared."""
-        self.token = self.settings.token
-        self.token_expires_after = self.settings.token_expires_after
-        self.faults: list[Fault] = list(self.settings.faults)
-        # Before the overrides below, which invalidate cache entries.
-        self._cache: dict[str, SandboxProcess] = {}
-        self.overrides: dict[str, ProcessOverride] = {}
-        for override in self.settings.overrides:
-            self.set_override(override)
-        self.authorized = 0
-        self.requests = 0
-        self.unauthorized = 0
-        self.by_status: Counter[str] = Counter()
-        self.details: Counter[str] = Counter()
-        self.user_agents: Counter[str] = Counter()
-        self.docs: dict[str, DocStats] = {}
-        self.in_flight = 0
-        self.max_in_flight = 0
-
-    def set_override(self, override: ProcessOverride) -> None:
-        """Replace how one number answers."""
-        digits = cnj.parse(override.number).digits
-        self.overrides[digits] = msgspec.structs.replace(override, number=digits)
-        self._cache.pop(digits, None)
-
-    def process(self, number: cnj.ProcessNumber) -> SandboxProcess:
-        """The (cached) process for a number."""
-        found = self._cache.get(number.digits)
-        if found is None:
-            found = generate_process(
-                number,
-                self.overrides.get(number.digits),
-                size_range=self.settings.doc_size_range,
-                count_range=self.settings.docs_per_process,
-                sigiloso_ratio=self.settings.sigiloso_ratio,
-            )
-            self._cache[number.digits] = found
-        return found
-
-    def expected_document(self, number: str, uuid: str) -> tuple[int, str, str]:
-        """(size, sha256, mime) of what the binary endpoint serves for this document."""
-        spec = self.process(cnj.parse(number)).documents[uuid]
-        return spec.size, document_sha256(spec.uuid, spec.size, spec.mime), spec.mime
-
-    def fault_for(self, kind: str, digits: str, uuid: str | None) -> Fault | None:
-        """The newest matching fault, counting down its `times`."""
-        for index in range(len(self.faults) - 1, -1, -1):
-            fault = self.faults[index]
-            if fault.scope not in (kind, "all"):
-                continue
-            if fault.uuid is not None and fault.uuid != uuid:
-                continue
-            if fault.number is not None and cnj.parse(fault.number).digits != digits:
-                continue
-            if fault.times is not None:
-                if fault.times <= 1:
-                    del self.faults[index]
-                else:
-                    self.faults[index] = msgspec.structs.replace(fault, times=fault.times - 1)
-            return fault
-        return None
-
-    def stats(self) -> dict[str, Any]:
-        """Counters for tests: per-uuid fetches and completed fetches, statuses, concurrency."""
-        return {
-            "requests": self.requests,
-            "unauthorized": self.unauthorized,
-            "by_status": dict(self.by_status),
-            "details": dict(self.details),
-            "user_agents": dict(self.user_agents),
-            "documents": {k: msgspec.to_builtins(v) for k, v in self.docs.items()},
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-        }
-
-
-SANDBOX = web.AppKey("sandbox", SandboxState)
 
 
 def expected_document(app: web.Application, number: str, uuid: str) -> tuple[int, str, str]:
@@ -384,66 +239,6 @@ async def shell(_request: web.Request) -> web.Response:
     return _shell()
 
 
-# ---- control endpoints (no auth: the sandbox listens on loopback) ----
-
-
-async def _body(request: web.Request, type_: Any) -> Any:
-    try:
-        return msgspec.json.decode(await request.read(), type=type_)
-    except (msgspec.DecodeError, msgspec.ValidationError, InvalidProcessNumber) as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
-
-
-async def add_fault(request: web.Request) -> web.Response:
-    """POST /_sandbox/faults: add a fault rule (see Fault)."""
-    fault = await _body(request, Fault)
-    request.app[SANDBOX].faults.append(fault)
-    return _json(msgspec.to_builtins(fault), 201)
-
-
-async def clear_faults(request: web.Request) -> web.Response:
-    """DELETE /_sandbox/faults: remove every fault rule."""
-    request.app[SANDBOX].faults.clear()
-    return _json({"faults": []})
-
-
-async def set_process(request: web.Request) -> web.Response:
-    """POST /_sandbox/processes: override a number's form and documents; answers the documents."""
-    override = await _body(request, ProcessOverride)
-    state = request.app[SANDBOX]
-    try:
-        state.set_override(override)
-        number = cnj.parse(override.number)
-    except InvalidProcessNumber as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
-    docs = [msgspec.to_builtins(d) for d in state.process(number).documents.values()]
-    return _json({"number": number.digits, "documents": docs}, 201)
-
-
-class _TokenChange(msgspec.Struct, forbid_unknown_fields=True):
-    token: str
-    expires_after: int | None = None
-
-
-async def set_token(request: web.Request) -> web.Response:
-    """POST /_sandbox/token: accept a new token (the old one stops working)."""
-    change = await _body(request, _TokenChange)
-    state = request.app[SANDBOX]
-    state.token, state.token_expires_after, state.authorized = change.token, change.expires_after, 0
-    return _json({"ok": True})
-
-
-async def get_stats(request: web.Request) -> web.Response:
-    """GET /_sandbox/stats: request counters and per-uuid fetches/completed fetches."""
-    return _json(request.app[SANDBOX].stats())
-
-
-async def reset(request: web.Request) -> web.Response:
-    """POST /_sandbox/reset: back to the settings, counters cleared."""
-    request.app[SANDBOX].reset()
-    return _json({"ok": True})
-
-
 def create_sandbox_app(settings: SandboxSettings | None = None) -> web.Application:
     """The sandbox as an aiohttp application."""
     app = web.Application(middlewares=[_api_middleware])
@@ -452,12 +247,7 @@ def create_sandbox_app(settings: SandboxSettings | None = None) -> web.Applicati
     app.router.add_get(f"{API}/processos/{{numero}}", details)
     app.router.add_get(f"{API}/processos/{{numero}}/documentos/{{uuid}}/binario", binary)
     app.router.add_get(f"{API}/processos/{{numero}}/documentos/{{uuid}}/texto", text)
-    app.router.add_post("/_sandbox/faults", add_fault)
-    app.router.add_delete("/_sandbox/faults", clear_faults)
-    app.router.add_post("/_sandbox/processes", set_process)
-    app.router.add_post("/_sandbox/token", set_token)
-    app.router.add_get("/_sandbox/stats", get_stats)
-    app.router.add_post("/_sandbox/reset", reset)
+    setup_control(app)
     app.router.add_get("/{tail:.*}", shell)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import uuid as uuidlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -14,8 +15,18 @@ from typing import Any, Literal
 
 import msgspec
 
-from .cnj import ProcessNumber
-from .upstream import uuid_from_href
+from ..cnj import ProcessNumber
+from . import rich
+
+# The sandbox is the server side of the hrefs it serves: it reads its own route, not the client's.
+_UUID_IN_HREF = re.compile(r"/documentos/([^/?#]+)/binario")
+
+
+def uuid_from_href(href: str) -> str | None:
+    """The document uuid inside one of the sandbox's hrefBinario links."""
+    match = _UUID_IN_HREF.search(href)
+    return match.group(1) if match else None
+
 
 FIXTURE_NUMBER = "08012343820248260100"
 PDF = "application/pdf"
@@ -72,6 +83,8 @@ class ProcessOverride(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     form: Literal["array", "object", "empty", "missing"] | None = None
     documents: list[DocumentOverride] | None = None
     instances: int | None = None
+    # Movements generated per instance besides the first three (None: per the settings).
+    movements: int | None = None
 
 
 class DocSpec(msgspec.Struct, frozen=True):
@@ -162,14 +175,14 @@ def document_sha256(uuid: str, size: int, mime: str) -> str:
 @lru_cache(maxsize=1)
 def fixture_details() -> dict[str, Any]:
     """The contract's captured details object (process_details.json, unwrapped)."""
-    text = resources.files(__package__).joinpath("sandbox_fixtures/process_details.json")
+    text = resources.files(__package__).joinpath("fixtures/process_details.json")
     data: list[dict[str, Any]] = json.loads(text.read_text(encoding="utf-8"))
     return data[0]
 
 
 def fixture_search(name: str = "process_search.json") -> dict[str, Any]:
     """A search answer from the contract fixtures."""
-    text = resources.files(__package__).joinpath(f"sandbox_fixtures/{name}")
+    text = resources.files(__package__).joinpath(f"fixtures/{name}")
     data: dict[str, Any] = json.loads(text.read_text(encoding="utf-8"))
     return data
 
@@ -197,10 +210,6 @@ def _court(number: ProcessNumber) -> str:
     if number.segment == "8":
         return _STATE_COURTS.get(number.court, f"TJ{number.court}")
     return {"4": f"TRF{tr}", "5": f"TRT{tr}", "6": f"TRE{number.court}"}.get(number.segment, "CNJ")
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
 class _Doc(msgspec.Struct):
@@ -239,7 +248,7 @@ def _documents(
         href = f"/processos/{number.masked}/documentos/{uuid}"
         entry: dict[str, Any] = {
             "sequencia": seq,
-            "dataHoraJuntada": _stamp(moment),
+            "dataHoraJuntada": rich.stamp(moment),
             "idCodex": 30_000_000_000 + seq,
             "idOrigem": str(410_000_000 + seq),
             "nome": name,
@@ -276,12 +285,12 @@ def _instance(
     )
     return {
         "idOrigem": str(rng.randint(10_000_000, 99_999_999)),
-        "dataHoraAjuizamento": _stamp(start),
+        "dataHoraAjuizamento": rich.stamp(start),
         "instancia": "PRIMEIRO_GRAU" if grade == 1 else "SEGUNDO_GRAU",
         "grau": {"sigla": f"G{grade}", "nome": f"{grade}° Grau", "numero": grade},
         "valorAcao": float(rng.randint(1, 500) * 1000),
         "classe": [{"codigo": 7, "descricao": rng.choice(_CLASSES)}],
-        "movimentos": [{"dataHora": _stamp(m), "descricao": d} for m, d in moves],
+        "movimentos": [{"dataHora": rich.stamp(m), "descricao": d} for m, d in moves],
         "assunto": [{"codigo": 7779, "descricao": rng.choice(_SUBJECTS), "hierarquia": ""}],
         "partes": [
             {"polo": "ATIVO", "nome": "JOSÉ DA CONCEIÇÃO ARAÚJO", "sigilosa": False},
@@ -300,6 +309,7 @@ def generate_process(
     size_range: tuple[int, int] = (1024, 256 * 1024),
     count_range: tuple[int, int] = (0, 8),
     sigiloso_ratio: float = 0.0,
+    movement_range: tuple[int, int] = (100, 300),
 ) -> SandboxProcess:
     """The process for `number`: the contract fixture for its number, else generated (seeded)."""
     if number.digits == FIXTURE_NUMBER and (override is None or override.documents is None):
@@ -314,6 +324,10 @@ def generate_process(
     overrides = override.documents if override else None
     docs = _documents(number, rng, overrides, size_range, count_range, sigiloso_ratio, start)
     first = _instance(number, rng, 1, court, start)
+    extra = random.Random(f"pdpj-sandbox-moves:{number.digits}").randint(*movement_range)
+    if override is not None and override.movements is not None:
+        extra = override.movements
+    rich.enrich(first, number, 1, start, extra)
     raw: dict[str, Any] = {
         "nivelSigilo": 0,
         "siglaTribunal": court,
@@ -326,6 +340,7 @@ def generate_process(
         # The appeal instance lists its own documents plus the last of the first instance again,
         # which the first instance lists without `arquivo` (as in the contract fixture).
         second = _instance(number, rng, 2, court, start + timedelta(days=400))
+        rich.enrich(second, number, 2, start + timedelta(days=400), extra)
         split = (len(docs) + 1) // 2
         lower, upper = docs[:split], docs[split:]
         first["documentos"] = [d.entry for d in lower]
