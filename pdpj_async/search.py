@@ -1,0 +1,148 @@
+"""Search over the text of the documents a key may see: web-search syntax, ranked, scoped.
+
+The query is PostgreSQL's web-search syntax (`"a phrase"`, `or`, `-word`), normalised as the
+documents were (pdpj_async.text.normalize) and parsed by `websearch_to_tsquery` with the
+`pdpj.pt` configuration (accents folded, Portuguese stems). Candidates come from the GIN index
+alone (phrases relaxed to AND), scoped to the key's processes (admins: all; sealed documents
+only with the sealed permission); the most recent `candidates` of them are phrase-checked and
+ranked. So ranking is exact when a query has at most that many visible matches, and otherwise
+ranks the most recent ones (the API documentation says so).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from .db import Executor, queries
+from .errors import InvalidRequest
+from .keys import ApiKey
+from .text.normalize import for_index
+
+_SQL = queries.load("text")
+
+MAX_QUERY_CHARS = 500
+MAX_LIMIT = 100
+
+
+class SearchHit(msgspec.Struct, kw_only=True):
+    """One document that matches, with a highlighted snippet (matches between <b> and </b>)."""
+
+    process_number: str
+    document_uuid: str
+    document_name: str
+    type_name: str | None
+    juntada_at: datetime | None
+    rank: float
+    snippet: str
+    text_url: str
+
+
+class SearchPage(msgspec.Struct, kw_only=True):
+    """A page of hits, best first; `next_cursor` continues it (null on the last page)."""
+
+    query: str
+    hits: list[SearchHit]
+    next_cursor: str | None
+
+
+class Filters(msgspec.Struct, frozen=True, kw_only=True):
+    """What narrows a search beyond the words."""
+
+    process: str | None = None
+    type_name: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def parse_query(raw: str | None) -> str:
+    """The normalised query; InvalidRequest when it is missing or too long."""
+    if raw is None or not raw.strip():
+        raise InvalidRequest("q: a search query is required")
+    if len(raw) > MAX_QUERY_CHARS:
+        raise InvalidRequest(f"q: at most {MAX_QUERY_CHARS} characters")
+    return for_index(raw)
+
+
+def encode_cursor(rank: float, document_id: int) -> str:
+    """An opaque cursor after (rank, document id)."""
+    raw = msgspec.json.encode([rank, document_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[float, int] | tuple[None, None]:
+    """(rank, document id) from a cursor; InvalidRequest when it is not one of ours."""
+    if not cursor:
+        return None, None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        rank, document_id = msgspec.json.decode(raw, type=tuple[float, int])
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise InvalidRequest("cursor: not a cursor this API returned") from None
+    return rank, document_id
+
+
+@contextlib.asynccontextmanager
+async def _custom_plans(conn: Executor) -> AsyncIterator[Executor]:
+    """A transaction planning each statement for its own values: a generic (cached) plan
+    cannot tell a common word from a rare one, nor an admin from a key with few processes."""
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(conn, asyncpg.Pool):
+            conn = await stack.enter_async_context(conn.acquire())
+        assert not isinstance(conn, asyncpg.Pool)
+        await stack.enter_async_context(conn.transaction())
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield conn
+
+
+async def search(
+    conn: Executor,
+    caller: ApiKey,
+    query: str,
+    filters: Filters,
+    *,
+    cursor: str | None = None,
+    limit: int = 20,
+    candidates: int = 300,
+) -> SearchPage:
+    """A page of ranked hits among the documents `caller` may see."""
+    after_rank, after_id = decode_cursor(cursor)
+    async with _custom_plans(conn) as tx:
+        rows = await tx.fetch(
+            _SQL["search"],
+            parse_query(query),
+            caller.id,
+            caller.is_admin,
+            caller.sees_sealed,
+            filters.process,
+            filters.type_name,
+            filters.since,
+            filters.until,
+            candidates,
+            after_rank,
+            after_id,
+            limit + 1,
+        )
+    hits = [
+        SearchHit(
+            process_number=r["process_number"],
+            document_uuid=r["uuid"],
+            document_name=r["name"],
+            type_name=r["type_name"],
+            juntada_at=r["juntada_at"],
+            rank=round(float(r["rank"]), 6),
+            snippet=r["snippet"],
+            text_url=f"/api/v1/documents/{r['uuid']}/text",
+        )
+        for r in rows[:limit]
+    ]
+    more = len(rows) > limit
+    last = rows[limit - 1] if more else None
+    next_cursor = encode_cursor(float(last["rank"]), int(last["document_id"])) if last else None
+    return SearchPage(query=query, hits=hits, next_cursor=next_cursor)
