@@ -95,7 +95,7 @@ def test_postman_collection_is_generated_from_the_current_document() -> None:
     committed = Path(__file__).resolve().parents[1] / "docs" / "pdpj-async.postman_collection.json"
     expected = postman.collection(openapi.build(api.all_routes()))
     assert msgspec.json.decode(committed.read_bytes()) == msgspec.to_builtins(expected), (
-        "regenerate: python -m pdpj_async.postman > docs/pdpj-async.postman_collection.json"
+        "regenerate: python -m pdpj_async.server.postman > docs/pdpj-async.postman_collection.json"
     )
     names = {item["name"] for folder in expected["item"] for item in folder["item"]}
     assert {"Request a process", "Status of a process", "Ping a webhook URL"} <= names

@@ -190,6 +190,20 @@ async def test_the_data_route_serves_the_contract_process_typed(stack: Stack) ->
     ]
 
 
+async def test_the_process_request_adds_the_typed_data_with_view_full_only(stack: Stack) -> None:
+    path = f"/api/v1/processes/{FIXTURE_NUMBER}"
+    summary = await get_json(stack, path + "?auto_download=false", stack.keys.user)
+    assert "data" not in summary and summary["process"]["number"] == FIXTURE_MASKED
+    full = await get_json(stack, path + "?auto_download=false&view=full", stack.keys.user)
+    check(await spec_of(stack), "/api/v1/processes/{number}", "get", 200, full)
+    # The same answer, plus the typed data that GET .../data serves.
+    assert {k: v for k, v in full.items() if k != "data"} == summary
+    data = await get_json(stack, path + "/data", stack.keys.user)
+    assert full["data"]["data"] == data["data"] and full["data"]["movement_count"] == 3
+    bad = await stack.get(path, stack.keys.user, params={"view": "everything"})
+    assert bad.status == 400 and "view" in (await bad.json())["detail"]
+
+
 async def test_a_refresh_after_three_movements_and_two_documents_records_one_change(
     stack: Stack, sandbox: Sandbox
 ) -> None:

@@ -16,10 +16,11 @@ from aiohttp import web
 from .. import cnj
 from ..errors import InvalidRequest, NotFound
 from ..jobs import StatusSnapshot, UrlSigner, Viewer
+from ..process_data import DataView
 from ..schemas import JobList, JobStatus, JobView, ProcessResponse, StatusView
 from ..storage import Storage
 from ..webhooks import outbox
-from . import admin, appkeys, search_routes
+from . import admin, appkeys, process_routes, search_routes
 from .middleware import caller
 from .openapi import Operation, Param, Route
 from .problems import Problem
@@ -90,7 +91,23 @@ async def get_process(request: web.Request) -> web.Response:
         auto_download=_bool_param(request, "auto_download", True),
         force_refresh=_bool_param(request, "force_refresh", False),
     )
-    return json_response(response, status=202 if response.job is not None else 200)
+    status = 202 if response.job is not None else 200
+    view = request.query.get("view", "summary")
+    if view == "full":
+        # The answer as always, plus the typed data (`GET .../data`); read only when asked: this
+        # is the route clients poll.
+        data = await process_routes.typed_data(request, number)
+        fields = {f: getattr(response, f) for f in response.__struct_fields__}
+        return json_response(ProcessFullResponse(**fields, data=data), status=status)
+    if view != "summary":
+        raise InvalidRequest(f"view: expected summary or full, got {view[:40]!r}")
+    return json_response(response, status=status)
+
+
+class ProcessFullResponse(ProcessResponse, kw_only=True):
+    """Answer to GET /processes/{number}: with `view=full`, the typed process data as `data`."""
+
+    data: DataView | None = None
 
 
 class Rounds(Generic[K, M, R]):
@@ -304,8 +321,10 @@ ROUTES: list[Route] = [
                 Param("webhook_url", "query", "where to POST the job's final event"),
                 Param("auto_download", "query", "start a job (default true)", "boolean"),
                 Param("force_refresh", "query", "fetch from PDPJ again (default false)",
-                      "boolean")],
-        responses={200: ProcessResponse, 202: ProcessResponse})),
+                      "boolean"),
+                Param("view", "query", "summary (default) or full: full adds `data`, the typed "
+                      "process data of GET /processes/{number}/data")],
+        responses={200: ProcessFullResponse, 202: ProcessFullResponse})),
     Route("GET", "/api/v1/processes/{number}/status", get_status, Operation(
         "Status of a process", "Every document with its state and a fresh download URL.",
         params=[_NUMBER], responses={200: StatusView})),

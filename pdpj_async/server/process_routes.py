@@ -74,10 +74,24 @@ async def _visible(request: web.Request) -> tuple[ApiKey, cnj.ProcessNumber, int
 async def get_data(request: web.Request) -> web.Response:
     """The typed data of a process (every instance) as stored at its last refresh."""
     who, number, process_id = await _visible(request)
+    return _json(await _data_view(request, who, number, process_id))
+
+
+async def typed_data(request: web.Request, number: cnj.ProcessNumber) -> DataView:
+    """The typed data the caller may see (for `GET /processes/{n}?view=full`)."""
+    who = caller(request)
+    row = await access.visible_process(request.app[appkeys.POOL], who, number)
+    request.app[appkeys.ACCESS_LOG].record(who, "read", row["id"])
+    return await _data_view(request, who, number, int(row["id"]))
+
+
+async def _data_view(
+    request: web.Request, who: ApiKey, number: cnj.ProcessNumber, process_id: int
+) -> DataView:
     pool = request.app[appkeys.POOL]
     data, refreshed_at = await process_data.read_data(pool, process_id, who.sees_sealed)
     moves, changes = await process_data.counts(pool, process_id)
-    view = DataView(
+    return DataView(
         number=number.masked,
         number_digits=number.digits,
         refreshed_at=refreshed_at,
@@ -85,7 +99,6 @@ async def get_data(request: web.Request) -> web.Response:
         change_count=changes,
         data=data,
     )
-    return _json(view)
 
 
 async def get_parties(request: web.Request) -> web.Response:
