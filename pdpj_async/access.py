@@ -49,12 +49,6 @@ async def visible_process(conn: Executor, caller: ApiKey, number: ProcessNumber)
     return row
 
 
-async def keys_with_access(conn: Executor, process_id: int, key_ids: list[int]) -> set[int]:
-    """Of `key_ids`, those that may see the process."""
-    rows = await conn.fetch(_SQL["keys_with_access"], process_id, key_ids)
-    return {r["api_key_id"] for r in rows}
-
-
 async def visible_document(conn: Executor, caller: ApiKey, uuid: str) -> tuple[str, int]:
     """(storage key, process id) of an available document `caller` may see; else NotFound."""
     row = await conn.fetchrow(_SQL["visible_document"], uuid, caller.id, caller.is_admin)

@@ -204,15 +204,16 @@ class JobService:
         """
         keys = list({v.scope for v in viewers if v.scope is not None})
         admin = any(v.scope is None for v in viewers)
-        # Three round trips on one connection, however many callers the read serves: the
-        # process with its documents, which of the keys may see it, their latest jobs.
+        # Two round trips on one connection, however many callers the read serves: the process
+        # with its documents, then which of the keys may see it, each with its latest job.
         async with self._pool.acquire() as conn:
             docs = await conn.fetch(_JOBS["status_documents"], number.digits)
             if not docs:
                 raise access.never_requested(number)
             process_id = docs[0]["process_id"]
-            visible = await access.keys_with_access(conn, process_id, keys) if keys else set()
-            jobs = await conn.fetch(_JOBS["status_latest_jobs"], process_id, list(visible), admin)
+            rows = await conn.fetch(_JOBS["status_latest_jobs"], process_id, keys, admin)
+        visible = {r["scope"] for r in rows if r["scope"] is not None}
+        jobs = [r for r in rows if r["id"] is not None]
         if docs[0]["id"] is None:  # a process without documents
             docs = []
         masked, url = number.masked, status_url(base_url, number)

@@ -115,7 +115,6 @@ async def test_no_hot_path_reads_a_large_table_whole(history: asyncpg.Pool, api_
             ("download", ["n1", "n2"], ["{}", "{}"], 0, None, 8),
         ),
         "status documents": (sql("jobs", "status_documents"), (number,)),
-        "status access": (sql("access", "keys_with_access"), (process_id, [key])),
         "status jobs": (sql("jobs", "status_latest_jobs"), (process_id, [key], False)),
         "request: visible": (sql("access", "visible_process"), (number, key, False)),
         "request: covering job": (sql("jobs", "covering_active_job"), (process_id, key, False)),

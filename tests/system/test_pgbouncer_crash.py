@@ -34,7 +34,7 @@ async def test_sigkill_through_pgbouncer_loses_nothing_and_stores_nothing_twice(
     unused_tcp_port_factory: Any,
 ) -> None:
     await crash_run(
-        processes=15,
+        processes=10,
         documents=20,
         kills=10,
         db_dsn=pgbouncer.dsn_for(db_dsn),

@@ -12,10 +12,6 @@ WHERE p.number = $1
   AND ($3 OR EXISTS (SELECT 1 FROM pdpj.process_access a
                      WHERE a.process_id = p.id AND a.api_key_id = $2));
 
--- name: keys_with_access
--- Of the keys $2, those that may see process $1.
-SELECT api_key_id FROM pdpj.process_access WHERE process_id = $1 AND api_key_id = ANY($2::bigint[]);
-
 -- name: visible_document
 -- An available document by PDPJ uuid, with its process, when key $2 may see that process ($3: an
 -- admin sees all).

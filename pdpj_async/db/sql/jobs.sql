@@ -148,12 +148,18 @@ WHERE p.number = $1
 ORDER BY d.sequence NULLS LAST, d.id;
 
 -- name: status_latest_jobs
--- For one round of status reads of process $1: the latest job of each API key in $2 (scope: the
--- key's id), and when $3 (an admin is among the readers) the latest of anyone's (scope NULL).
-(SELECT DISTINCT ON (v.api_key_id) v.api_key_id AS scope, v.*
- FROM pdpj.job_views v
- WHERE v.process_id = $1 AND v.api_key_id = ANY($2::bigint[])
- ORDER BY v.api_key_id, v.created_at DESC, v.id DESC)
+-- For one round of status reads of process $1: a row for each API key in $2 that may see the
+-- process (scope: the key's id), with that key's latest job (NULL columns when it has none);
+-- and when $3 (an admin is among the readers) the latest job of anyone's (scope NULL). Keys
+-- without access have no row: their answer is the one for a process never requested.
+(SELECT a.api_key_id AS scope, v.*
+ FROM pdpj.process_access a
+ LEFT JOIN LATERAL (SELECT *
+                    FROM pdpj.job_views v
+                    WHERE v.process_id = $1 AND v.api_key_id = a.api_key_id
+                    ORDER BY v.created_at DESC, v.id DESC
+                    LIMIT 1) v ON true
+ WHERE a.process_id = $1 AND a.api_key_id = ANY($2::bigint[]))
 UNION ALL
 (SELECT NULL, v.*
  FROM pdpj.job_views v
