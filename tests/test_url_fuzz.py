@@ -125,7 +125,7 @@ def assert_connectable(guard: UrlGuard, parsed: URL) -> None:
 
 
 FUZZ = settings(
-    max_examples=3500,
+    max_examples=3000,
     deadline=None,
     database=None,
     derandomize=True,

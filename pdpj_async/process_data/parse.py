@@ -16,7 +16,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from ..upstream.parse import BRASILIA, list_documents, parse_datetime
+from ..upstream.parse import BRASILIA, lenient_int, list_documents, parse_datetime
 from .model import (
     Arquivo,
     Assunto,
@@ -44,16 +44,6 @@ def _str(value: Any) -> str | None:
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # e.g. a jtr sent as a number
-    return None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        return int(value)
     return None
 
 
@@ -110,7 +100,7 @@ def _grau(raw: Any) -> Grau | None:
     return Grau(
         sigla=_str(found.get("sigla")),
         nome=_str(found.get("nome")),
-        numero=_int(found.get("numero")),
+        numero=lenient_int(found.get("numero")),
     )
 
 
@@ -128,7 +118,7 @@ def _tribunal(raw: Any) -> Tribunal | None:
 
 def _distribuicao(raw: dict[str, Any]) -> Distribuicao:
     bodies = [
-        OrgaoJulgador(id=_int(o.get("id")), nome=_str(o.get("nome")))
+        OrgaoJulgador(id=lenient_int(o.get("id")), nome=_str(o.get("nome")))
         for o in _dicts(raw.get("orgaoJulgador"))
     ]
     return Distribuicao(dataHora=parse_datetime(raw.get("dataHora")), orgaoJulgador=bodies)
@@ -143,12 +133,12 @@ def tramitacao(raw: dict[str, Any]) -> Tramitacao:
         dataHoraAjuizamento=parse_datetime(raw.get("dataHoraAjuizamento")),
         valorAcao=_float(raw.get("valorAcao")),
         classe=[
-            Classe(codigo=_int(c.get("codigo")), descricao=_str(c.get("descricao")))
+            Classe(codigo=lenient_int(c.get("codigo")), descricao=_str(c.get("descricao")))
             for c in _dicts(raw.get("classe"))
         ],
         assunto=[
             Assunto(
-                codigo=_int(a.get("codigo")),
+                codigo=lenient_int(a.get("codigo")),
                 descricao=_str(a.get("descricao")),
                 hierarquia=_str(a.get("hierarquia")),
             )
@@ -235,18 +225,18 @@ def _documento(doc: Any, listed_in: list[str]) -> Documento:
     arquivo = _dict(entry.get("arquivo"))
     return Documento(
         uuid=doc.uuid,
-        sequencia=_int(entry.get("sequencia")),
+        sequencia=lenient_int(entry.get("sequencia")),
         nome=_str(entry.get("nome")),
         dataHoraJuntada=parse_datetime(entry.get("dataHoraJuntada")),
         nivelSigilo=_str(entry.get("nivelSigilo")),
-        tipo=TipoDocumento(codigo=_int(tipo.get("codigo")), nome=_str(tipo.get("nome")))
+        tipo=TipoDocumento(codigo=lenient_int(tipo.get("codigo")), nome=_str(tipo.get("nome")))
         if tipo is not None
         else None,
         arquivo=Arquivo(
             tipo=_str(arquivo.get("tipo")),
-            quantidadePaginas=_int(arquivo.get("quantidadePaginas")),
-            tamanho=_int(arquivo.get("tamanho")),
-            tamanhoTexto=_int(arquivo.get("tamanhoTexto")),
+            quantidadePaginas=lenient_int(arquivo.get("quantidadePaginas")),
+            tamanho=lenient_int(arquivo.get("tamanho")),
+            tamanhoTexto=lenient_int(arquivo.get("tamanhoTexto")),
         )
         if arquivo is not None
         else None,
@@ -276,7 +266,7 @@ def parse(raw: dict[str, Any]) -> Parsed:
     data = ProcessData(
         numeroProcesso=_str(raw.get("numeroProcesso")),
         siglaTribunal=_str(raw.get("siglaTribunal")),
-        nivelSigilo=_int(raw.get("nivelSigilo")),
+        nivelSigilo=lenient_int(raw.get("nivelSigilo")),
         tramitacaoAtual=tramitacao(current) if current is not None else None,
         tramitacoes=[tramitacao(t) for t in found[1 if current is not None else 0 :]],
         documentos=documents(raw),

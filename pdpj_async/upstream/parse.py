@@ -74,7 +74,8 @@ def _first(items: Any, key: str) -> Any:
     return None
 
 
-def _int(value: Any) -> int | None:
+def lenient_int(value: Any) -> int | None:
+    """An int PDPJ sent as a number or as ASCII digits; None for anything else (bools too)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -157,8 +158,8 @@ def _document(entry: dict[str, Any], base: URL | None) -> UpstreamDocument:
         name=_str(entry.get("nome")) or uuid,
         type_name=_str(tipo.get("nome")),
         mime_type=_str(arquivo.get("tipo")),
-        declared_size=_int(arquivo.get("tamanho")),
-        sequence=_int(entry.get("sequencia")),
+        declared_size=lenient_int(arquivo.get("tamanho")),
+        sequence=lenient_int(entry.get("sequencia")),
         juntada_at=parse_datetime(entry.get("dataHoraJuntada")),
         sigilo=_str(entry.get("nivelSigilo")),
         href=href,
@@ -236,7 +237,7 @@ def parse_process(
         last_movement=_str(_first(movement_source.get("movimentos"), "descricao")),
         last_movement_at=parse_datetime(_first(movement_source.get("movimentos"), "dataHora")),
         instances=sorted(names),
-        sigilo_level=_int(raw.get("nivelSigilo")) or 0,
+        sigilo_level=lenient_int(raw.get("nivelSigilo")) or 0,
         documents=list_documents(raw, base),
         raw=raw,
     )
