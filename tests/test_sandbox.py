@@ -8,6 +8,7 @@ import json
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 import aiohttp
@@ -200,6 +201,54 @@ async def test_control_refuses_a_bad_body_or_number(sandbox: Sandbox) -> None:
         assert resp.status == 400
 
 
+async def _limit(sandbox: Sandbox, **limit: Any) -> tuple[int, Any]:
+    async with sandbox.session.post(sandbox.root + "/_sandbox/limit", json=limit) as resp:
+        return resp.status, await resp.json() if resp.status == 200 else await resp.text()
+
+
+async def test_hidden_limit_refuses_above_its_rate_with_retry_after_and_counts(
+    sandbox: Sandbox,
+) -> None:
+    status, _ = await _limit(sandbox, rate=5, burst=3)
+    assert status == 200
+    path = f"/processos/{FIXTURE_NUMBER}"
+    headers = {"Authorization": f"Bearer {sandbox.token}"}
+
+    async def one() -> tuple[int, str | None]:
+        async with sandbox.session.get(sandbox.url + path, headers=headers) as resp:
+            await resp.read()
+            return resp.status, resp.headers.get("Retry-After")
+
+    answers = await asyncio.gather(*(one() for _ in range(6)))
+    assert sorted(answers, key=str) == [(200, None)] * 3 + [(429, "1")] * 3
+    await asyncio.sleep(0.45)  # 5 per second: two more by now
+    later = [await one() for _ in range(3)]
+    assert [code for code, _ in later] == [200, 200, 429]
+    limit = (await sandbox.stats())["limit"]
+    assert (limit["served"], limit["refused"]) == (5, 4)
+    assert sum(s + r for s, r in limit["timeline"].values()) == 9
+    # Lifted at run time: nothing refused any more.
+    await _limit(sandbox, rate=0)
+    assert [(await one())[0] for _ in range(5)] == [200] * 5
+
+
+async def test_hidden_limit_set_at_start_adds_its_latency_to_every_answer(
+    make_sandbox: MakeSandbox,
+) -> None:
+    sandbox = await make_sandbox(limit={"rate": 100, "latency_ms": 150})
+    started = time.monotonic()
+    status, _, _ = await get(sandbox, f"/processos/{FIXTURE_NUMBER}")
+    assert status == 200 and time.monotonic() - started >= 0.15
+    assert (await sandbox.stats())["limit"]["rate"] == 100
+
+
+async def test_hidden_limit_refuses_a_bad_setting_naming_it(sandbox: Sandbox) -> None:
+    status, text = await _limit(sandbox, rate=-1)
+    assert status == 400 and "rate" in text
+    status, text = await _limit(sandbox, rate=10, burst=0)
+    assert status == 400 and "burst" in text
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -218,6 +267,11 @@ async def test_cli_sandbox_runs_standalone_and_stops_on_sigterm() -> None:
         str(port),
         "--token",
         "cli-token",
+        # A hidden limit of one request at a time, refilled slowly: the second request is refused.
+        "--limit-rate",
+        "0.1",
+        "--limit-burst",
+        "1",
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -234,6 +288,8 @@ async def test_cli_sandbox_runs_standalone_and_stops_on_sigterm() -> None:
                             break
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.1)
+            async with session.get(url, headers={"Authorization": "Bearer cli-token"}) as resp:
+                assert resp.status == 429 and resp.headers["Retry-After"] == "1"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -15,9 +15,17 @@ from .. import cnj, logs
 from ..errors import InvalidProcessNumber
 from .control import setup_control
 from .data import FIXTURE_NUMBER, DocSpec, document_chunks, fixture_search, search_answer
-from .state import SANDBOX, DocStats, Fault, SandboxSettings, SandboxState
+from .state import SANDBOX, DocStats, Fault, Limit, SandboxSettings, SandboxState
 
-__all__ = ["SANDBOX", "Fault", "SandboxSettings", "SandboxState", "create_sandbox_app", "serve"]
+__all__ = [
+    "SANDBOX",
+    "Fault",
+    "Limit",
+    "SandboxSettings",
+    "SandboxState",
+    "create_sandbox_app",
+    "serve",
+]
 
 log = logs.get_logger(__name__)
 
@@ -71,8 +79,15 @@ async def _api_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         return response
     state.requests += 1
     state.user_agents[request.headers.get("User-Agent", "")] += 1
-    if state.settings.latency_ms:
-        await asyncio.sleep(state.settings.latency_ms / 1000)
+    # The hidden limit is met on arrival, as a gateway does; the answer still takes the latency.
+    admitted = state.admit()
+    latency_ms = state.settings.latency_ms + state.limit.latency_ms
+    if latency_ms:
+        await asyncio.sleep(latency_ms / 1000)
+    if not admitted:
+        state.by_status["429"] += 1
+        headers = {"Retry-After": state.limit.retry_after}
+        return _json({"message": "Muitas requisições; tente mais tarde"}, 429, headers)
     if not _authorized(state, request.headers.get("Authorization", "")):
         state.unauthorized += 1
         state.by_status["401"] += 1

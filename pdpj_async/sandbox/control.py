@@ -12,7 +12,7 @@ from .. import cnj
 from ..errors import InvalidProcessNumber
 from . import rich
 from .data import ProcessOverride
-from .state import SANDBOX, Fault
+from .state import SANDBOX, Fault, Limit
 
 _encode = msgspec.json.Encoder().encode
 
@@ -67,6 +67,13 @@ async def set_token(request: web.Request) -> web.Response:
     return _json({"ok": True})
 
 
+async def set_limit(request: web.Request) -> web.Response:
+    """POST /_sandbox/limit: a hidden limit (rate, burst, latency_ms) from now on; rate 0: none."""
+    limit = await _body(request, Limit)
+    request.app[SANDBOX].set_limit(limit)
+    return _json(msgspec.to_builtins(limit))
+
+
 async def get_stats(request: web.Request) -> web.Response:
     """GET /_sandbox/stats: request counters and per-uuid fetches/completed fetches."""
     return _json(request.app[SANDBOX].stats())
@@ -113,5 +120,6 @@ def setup_control(app: web.Application) -> None:
     app.router.add_post("/_sandbox/processes/{numero}/movements", add_movements)
     app.router.add_post("/_sandbox/processes/{numero}/documents", add_documents)
     app.router.add_post("/_sandbox/token", set_token)
+    app.router.add_post("/_sandbox/limit", set_limit)
     app.router.add_get("/_sandbox/stats", get_stats)
     app.router.add_post("/_sandbox/reset", reset)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from aiohttp import web
 
 from .. import cnj
+from ..ratelimit import TokenBucket
 from . import rich
 from .data import ProcessOverride, SandboxProcess, catalog, document_sha256, generate_process
 
@@ -40,6 +42,23 @@ class Fault(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     times: int | None = None
 
 
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+# Seconds of per-second counts the hidden limit keeps for /_sandbox/stats.
+TIMELINE_S = 900
+
+
+class Limit(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """A hidden limit, as PDPJ has one: above `rate` requests/s, 429 with Retry-After."""
+
+    # Requests per second admitted (a token bucket holding `burst`); 0: no limit.
+    rate: NonNegative = 0.0
+    # Requests admitted at once after a quiet spell; None: one second's worth (the rate).
+    burst: Annotated[float, msgspec.Meta(ge=1)] | None = None
+    # Added to every API request, admitted or refused (the limit is checked on arrival).
+    latency_ms: NonNegative = 0.0
+    retry_after: str = "1"
+
+
 class SandboxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """How the sandbox behaves; faults and overrides can also be changed at run time."""
 
@@ -59,6 +78,7 @@ class SandboxSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     faults: list[Fault] = []
     overrides: list[ProcessOverride] = []
     chunk_size: int = 64 * 1024
+    limit: Limit = Limit()
 
 
 class DocStats(msgspec.Struct):
@@ -94,6 +114,32 @@ class SandboxState:
         self.docs: dict[str, DocStats] = {}
         self.in_flight = 0
         self.max_in_flight = 0
+        # What the hidden limit admitted and refused: in all, and per second.
+        self.served = 0
+        self.refused = 0
+        self.timeline: dict[int, list[int]] = {}
+        self.set_limit(self.settings.limit)
+
+    def set_limit(self, limit: Limit) -> None:
+        """Apply a hidden limit from now on (its allowance starts full); counters continue."""
+        self.limit = limit
+        self._bucket = TokenBucket(limit.rate, limit.burst) if limit.rate > 0 else None
+
+    def admit(self) -> bool:
+        """Whether the hidden limit lets one more request through now (counted either way)."""
+        admitted = self._bucket is None or self._bucket.try_acquire() == 0.0
+        second = int(time.time())
+        counts = self.timeline.get(second)
+        if counts is None:
+            counts = self.timeline[second] = [0, 0]
+            self.timeline.pop(second - TIMELINE_S, None)
+        if admitted:
+            self.served += 1
+            counts[0] += 1
+        else:
+            self.refused += 1
+            counts[1] += 1
+        return admitted
 
     def set_override(self, override: ProcessOverride) -> None:
         """Replace how one number answers."""
@@ -163,6 +209,13 @@ class SandboxState:
             "documents": {k: msgspec.to_builtins(v) for k, v in self.docs.items()},
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
+            "limit": {
+                **msgspec.to_builtins(self.limit),
+                "served": self.served,
+                "refused": self.refused,
+                # Unix second -> [served, refused]: how the limit was met over time.
+                "timeline": {str(k): v for k, v in sorted(self.timeline.items())},
+            },
         }
 
 
