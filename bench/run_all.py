@@ -23,6 +23,8 @@ BENCHES = [
     "load.py",
     "process_data.py",
     "e2e.py",
+    "capacity.py",
+    "watch.py",
 ]
 
 

@@ -68,6 +68,13 @@ class UpstreamTransient(UpstreamError):
         self.retry_after = retry_after
 
 
+class UpstreamBusy(UpstreamTransient):
+    """PDPJ is busy (429, 503, or a refused connection): not the document's fault.
+
+    `retry_after` is PDPJ's Retry-After (None when it gave none); traffic on the token pauses.
+    """
+
+
 class UpstreamPermanent(UpstreamError):
     """A failure that retrying will not fix: 403 sigiloso, 404, wrong content."""
 
@@ -115,6 +122,14 @@ class WebhookUrlRefused(InvalidWebhookUrl):
 
 class Release(PdpjAsyncError):
     """Raised by a queue handler to give its row back unfailed, the attempt not counted."""
+
+
+class Deferred(PdpjAsyncError):
+    """Raised by a queue handler to put its row back for `delay` s, the attempt not counted."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
 
 
 class RateLimited(PdpjAsyncError):

@@ -15,12 +15,14 @@ from .config import Config
 from .db import Connection, transaction
 from .errors import (
     ContentMismatch,
+    Deferred,
     LeaseLost,
     PermanentFailure,
     Release,
     RetryLater,
     StorageError,
     UpstreamAuthExpired,
+    UpstreamBusy,
     UpstreamNotFound,
     UpstreamPermanent,
     UpstreamTransient,
@@ -29,6 +31,7 @@ from .logs import get_logger
 from .processes import DOWNLOAD_KIND
 from .queue import workers
 from .text import TEXT_KIND
+from .upstream import pacing
 
 if TYPE_CHECKING:
     from .queue.gate import Gate
@@ -165,8 +168,10 @@ class Downloader:
         self.on_duration: Callable[[str, float], None] | None = None
 
     async def handle(self, task: Task) -> None:
-        """Download one document; raises RetryLater, PermanentFailure or Release as the case is."""
+        """Download one document; raises RetryLater, Deferred, PermanentFailure or Release."""
         document_id = int(task.ref)
+        # PDPJ is asked in urgency order: on-demand, then refreshes, then retries.
+        pacing.URGENCY.set(pacing.urgency_for(task.priority, task.attempts))
         # One statement: the guarded start, its jobs, and the document's fields.
         doc = await states.document_started(self._pool, document_id)
         if doc is None:
@@ -192,6 +197,11 @@ class Downloader:
             self._pause_for_token()
             await self._give_back(task)
             raise Release(str(exc)) from exc
+        except UpstreamBusy as exc:
+            # PDPJ is busy, not the document: it waits out the pause, its attempt given back.
+            self._count("busy", started)
+            await self._release_document(document_id, f"waiting: {exc}")
+            raise Deferred(str(exc), self._upstream.defer_delay()) from exc
         except (UpstreamTransient, StorageError) as exc:
             self._count("retry", started)
             log_.info("download_retry", error=str(exc), attempt=task.attempts)

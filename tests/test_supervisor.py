@@ -21,6 +21,7 @@ from tests.fixtures.sandbox import Sandbox
 # added to the daemon must be added here, so that its death is shown to end the daemon too.
 SUPERVISED = [
     "access-log",
+    "pacing-sync",
     "pdpj-token-refresh",
     "queue-claimer",
     "queue-completer",

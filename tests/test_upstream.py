@@ -20,6 +20,7 @@ from pdpj_async.config import PdpjConfig
 from pdpj_async.errors import (
     ContentMismatch,
     UpstreamAuthExpired,
+    UpstreamBusy,
     UpstreamNotFound,
     UpstreamPermanent,
     UpstreamTransient,
@@ -169,18 +170,36 @@ async def test_not_ready_note_is_transient_until_the_file_is_ready(
     assert (len(body), content_type) == (11874, "text/html")
 
 
-@pytest.mark.parametrize(("status", "retry_after"), [(429, "7"), (503, "120"), (500, None)])
-async def test_throttling_and_server_errors_are_transient_with_retry_after(
-    sandbox: Sandbox, pdpj_config: PdpjConfig, status: int, retry_after: str | None
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "7"), (503, "120")])
+async def test_throttling_is_busy_and_pauses_the_token_for_its_retry_after(
+    sandbox: Sandbox, pdpj_config: PdpjConfig, status: int, retry_after: str
 ) -> None:
     await sandbox.fault(scope="all", status=status, retry_after=retry_after)
     async with client_for(pdpj_config) as client:
-        with pytest.raises(UpstreamTransient, match=str(status)) as caught:
+        with pytest.raises(UpstreamBusy, match=str(status)) as caught:
             await client.get_process(parse(FIXTURE_NUMBER))
-        assert caught.value.retry_after == (float(retry_after) if retry_after else None)
+        assert caught.value.retry_after == float(retry_after)
+        # Nothing more goes to PDPJ on this token until the pause is over.
+        assert float(retry_after) - 1 < client.pacer.paused_for() <= float(retry_after)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await download(client, sandbox.href(FIXTURE_NUMBER, fixture_uuid(1)))
+        assert client.responses[str(status)] == 1
+        assert (await sandbox.stats())["by_status"] == {str(status): 1}
+
+
+async def test_server_errors_are_transient_and_pause_nothing(
+    sandbox: Sandbox, pdpj_config: PdpjConfig
+) -> None:
+    await sandbox.fault(scope="all", status=500)
+    async with client_for(pdpj_config) as client:
+        with pytest.raises(UpstreamTransient, match="500") as caught:
+            await client.get_process(parse(FIXTURE_NUMBER))
+        assert not isinstance(caught.value, UpstreamBusy) and caught.value.retry_after is None
+        assert client.pacer.paused_for() == 0
         with pytest.raises(UpstreamTransient):
             await download(client, sandbox.href(FIXTURE_NUMBER, fixture_uuid(1)))
-        assert client.responses[str(status)] == 2
+        assert client.responses["500"] == 2
 
 
 def test_retry_after_as_an_http_date() -> None:

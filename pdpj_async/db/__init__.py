@@ -36,7 +36,15 @@ _json_decode = msgspec.json.Decoder().decode
 
 Pool = asyncpg.Pool
 # What an unreachable or restarting database raises; loops back off and carry on.
-DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# InternalClientError too: a transaction whose connection died under it fails its rollback with
+# "cannot switch to state …; another operation is in progress" (seen when PostgreSQL restarts).
+DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 # Something that runs queries inside a transaction, and something that runs them at all.
 Connection = asyncpg.Connection | PoolConnectionProxy
 Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool

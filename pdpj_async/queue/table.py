@@ -208,6 +208,19 @@ class Queue:
         rows = await self.pool.fetch(_SQL["release"], ids, attempts, self.owner)
         return {r[0] for r in rows}
 
+    async def defer(self, task: Task, reason: str, delay: float) -> None:
+        """Put a row back, due in `delay` seconds, its attempt given back; raises LeaseLost."""
+        done = await self.pool.fetchval(
+            _SQL["defer"],
+            task.id,
+            task.lease_owner,
+            task.attempts,
+            reason[:_ERROR_MAX],
+            max(0.0, delay),
+        )
+        if done is None:
+            raise LeaseLost(f"queue row {task.id} ({task.kind}) is no longer leased by this worker")
+
     async def cancel(self, conn: Connection, kind: str, refs: Iterable[str]) -> int:
         """Delete the rows of refs; pools running one of them are told (on commit) to stop it."""
         rows = await conn.fetch(_SQL["cancel"], kind, list(refs))

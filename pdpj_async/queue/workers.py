@@ -7,6 +7,7 @@ A handler is `async def handler(task: Task) -> None`. Its outcome settles the ro
 - it raises RetryLater(msg, delay): retried after `delay` (or the backoff when None);
 - PermanentFailure(msg): the final failure at once;
 - Release: the row goes back unfailed, the attempt not counted (e.g. upstream token expired);
+- Deferred(msg, delay): back after `delay`, the attempt not counted (e.g. PDPJ is busy);
 - LeaseLost: the row was taken over by another owner, nothing is written;
 - anything else: retried with exponential backoff and full jitter until max_attempts.
 A handler whose remaining work is only its commit may call `settling()`: its worker slot goes
@@ -21,7 +22,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ import asyncpg
 from ..config import QueueConfig
 from ..db import DB_ERRORS, Connection
 from ..db.listen import dedicated, listen_forever
-from ..errors import LeaseLost, PermanentFailure, Release, RetryLater
+from ..errors import Deferred, LeaseLost, PermanentFailure, Release, RetryLater
 from ..logs import get_logger
 from ..tasks import Supervisor
 from .gate import Gate
@@ -62,6 +63,7 @@ class WorkerStats:
         self.releases = 0
         self.leases_lost = 0
         self.cancelled = 0
+        self.deferrals = 0  # rows put back (PDPJ busy), their attempt given back
 
 
 class _Registration(NamedTuple):
@@ -122,6 +124,11 @@ class WorkerPool:
     def running(self) -> int:
         """Handlers running now."""
         return len(self._running)
+
+    def running_by_kind(self) -> dict[str, int]:
+        """Handlers running now, per registered kind (idle kinds at 0)."""
+        kinds = Counter(task.kind for task, _ in self._running.values())
+        return {kind: kinds[kind] for kind in self._handlers}
 
     def register(
         self,
@@ -294,6 +301,12 @@ class WorkerPool:
         except Release:
             with contextlib.suppress(*DB_ERRORS):
                 self.stats.releases += len(await self.queue.release([task]))
+        except Deferred as exc:
+            # A lost row (lease or database) is taken by another claim when its lease expires.
+            with contextlib.suppress(LeaseLost, *DB_ERRORS):
+                await self.queue.defer(task, str(exc), exc.delay)
+                self.stats.deferrals += 1
+                asyncio.get_running_loop().call_later(exc.delay, self._wake.set)
         except RetryLater as exc:
             await self._fail(task, reg, str(exc) or "retry later", delay=exc.delay)
         except PermanentFailure as exc:

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..errors import ConfigError
+from ..processes import DOWNLOAD_KIND
 from . import appkeys
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -139,6 +140,17 @@ async def _live_families(app: web.Application) -> list[Metric]:
                 by_class,
             )
         )
+        families.extend(_pacing_families(app[appkeys.UPSTREAM].pacer))
+    if appkeys.ACCESS_LOG in app:
+        dropped = app[appkeys.ACCESS_LOG].dropped
+        families.append(
+            _counter(
+                "pdpj_async_access_log_dropped_lines",
+                "Access-log lines dropped while the database could not take them.",
+                [],
+                {(): float(dropped)},
+            )
+        )
     if appkeys.TOKENS in app:
         families.extend(_token_families(app))
     if appkeys.SENDER in app:
@@ -159,16 +171,51 @@ async def _live_families(app: web.Application) -> list[Metric]:
 
 def _worker_families(workers: Any) -> list[Metric]:
     stats = workers.stats
-    names = ("claims", "completions", "retries", "final_failures", "rescues", "releases")
+    names: tuple[str, ...] = ("claims", "completions", "retries", "final_failures", "rescues")
+    names += ("releases", "deferrals")
+    by_kind = workers.running_by_kind()
     return [
         _counter(
             "pdpj_async_queue_events",
-            "Queue events: claims, completions, retries, final failures, rescues, releases.",
+            "Queue events: claims, completions, retries, failures, rescues, releases, deferrals.",
             ["event"],
             {(name,): float(getattr(stats, name)) for name in names},
         ),
-        _gauge("pdpj_async_running_downloads", "Handlers running now.", [], {(): workers.running}),
+        _gauge(
+            "pdpj_async_running_handlers",
+            "Queue handlers running now, by kind.",
+            ["kind"],
+            {(kind,): float(n) for kind, n in by_kind.items()},
+        ),
+        # The old name, kept for dashboards that read it: downloads only, as it says.
+        _gauge(
+            "pdpj_async_running_downloads",
+            "Download handlers running now.",
+            [],
+            {(): float(by_kind.get(DOWNLOAD_KIND, 0))},
+        ),
     ]
+
+
+def _pacing_families(pacer: Any) -> list[Metric]:
+    gauges = {
+        "rate_limit": ("Requests/s this daemon may send PDPJ now (0: paused).", pacer.rate()),
+        "token_rate_limit": ("Requests/s found for the token, all daemons.", pacer.token_rate()),
+        "in_flight": ("Requests to PDPJ in flight.", pacer.in_flight),
+        "concurrency_limit": ("Requests allowed in flight now.", pacer.concurrency_limit()),
+        "waiting": ("Requests waiting for their turn.", pacer.waiting),
+    }
+    families = [
+        _gauge(f"pdpj_async_upstream_{name}", doc, [], {(): float(value)})
+        for name, (doc, value) in gauges.items()
+    ]
+    busy: dict[tuple[str, ...], float] = {(r,): float(n) for r, n in pacer.busy.items()}
+    doc = "Busy answers from PDPJ (429, 503, refused connection; slow: answers slowing down)."
+    families.append(_counter("pdpj_async_upstream_busy", doc, ["reason"], busy))
+    paused: dict[tuple[str, ...], float] = {(): float(pacer.paused_s)}
+    doc = "Seconds the token was paused because PDPJ asked (Retry-After)."
+    families.append(_counter("pdpj_async_upstream_paused_seconds", doc, [], paused))
+    return families
 
 
 def _token_families(app: web.Application) -> list[Metric]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,13 +21,15 @@ from ..config import PdpjConfig
 from ..errors import (
     ContentMismatch,
     UpstreamAuthExpired,
+    UpstreamBusy,
     UpstreamError,
     UpstreamNotFound,
     UpstreamPermanent,
     UpstreamTransient,
 )
-from ..ratelimit import TokenBucket
 from ..retry import parse_retry_after
+from .pacing import Pacer
+from .pacing_control import Tuning
 from .parse import (
     UpstreamProcess,
     check_content,
@@ -46,6 +49,20 @@ DEFAULT_CHUNK = 256 * 1024
 
 # Response hook for metrics: (status or None for a transport error, what was called).
 ResponseHook = Callable[[int | None, str], None]
+# Answers that say PDPJ is busy, not that the request was wrong.
+BUSY_STATUSES = frozenset({429, 503})
+# A deferred document comes back after the token's pause plus up to this much (no herd).
+DEFER_JITTER_S = 1.0
+
+
+def tuning_from_config(config: PdpjConfig) -> Tuning:
+    """The pacing bounds of [pdpj]; the deprecated requests_per_second lowers the ceiling."""
+    ceiling = config.max_requests_per_second
+    if config.requests_per_second > 0:
+        ceiling = min(ceiling, config.requests_per_second)
+    floor = min(config.min_requests_per_second, ceiling)
+    start = min(max(config.start_requests_per_second, floor), ceiling)
+    return Tuning(ceiling=ceiling, floor=floor, start=start)
 
 
 class DocumentStream:
@@ -96,7 +113,7 @@ class DocumentStream:
 
 
 class PdpjClient:
-    """One per daemon: a pooled session, a concurrency cap and an optional politeness rate."""
+    """One per daemon: a pooled session, and a pacer that finds and keeps PDPJ's pace."""
 
     def __init__(
         self,
@@ -110,10 +127,8 @@ class PdpjClient:
         self.base = URL(config.base_url.rstrip("/"))
         self._session = session
         self._own_session = session is None
-        self._slots = asyncio.Semaphore(max(1, config.max_concurrency))
-        self._bucket = (
-            TokenBucket(config.requests_per_second) if config.requests_per_second > 0 else None
-        )
+        self.origin = str(self.base.origin())
+        self.pacer = Pacer(tuning_from_config(config), config.max_concurrency, config.busy_pause_s)
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=config.connect_timeout_s, sock_read=config.read_timeout_s
         )
@@ -182,11 +197,11 @@ class PdpjClient:
     async def _request(
         self, url: URL, headers: dict[str, str], call: str
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a GET under the caps; only failures of the request itself are translated here."""
+        """Send a GET when the pacer allows; only failures of the request itself are translated
+        here, and every answer tells the pacer how PDPJ is doing."""
         token = self._token()
-        async with self._slots:
-            if self._bucket is not None:
-                await self._bucket.acquire()
+        async with self.pacer.permit() as permit:
+            started = time.monotonic()
             try:
                 resp = await self._session_().get(
                     url,
@@ -196,11 +211,19 @@ class PdpjClient:
                 )
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 self._record(None, call)
+                if _refused(exc):
+                    self.pacer.refused(permit, "refused", None)
+                    raise UpstreamBusy(f"PDPJ refused the connection ({call})") from exc
                 raise UpstreamTransient(
                     f"PDPJ {call} request failed: {type(exc).__name__}"
                 ) from exc
             try:
                 self._record(resp.status, call)
+                if resp.status in BUSY_STATUSES:
+                    retry = parse_retry_after(resp.headers.get("Retry-After"), self._retry_cap)
+                    self.pacer.refused(permit, str(resp.status), retry)
+                else:
+                    self.pacer.answered(permit, time.monotonic() - started)
                 if resp.status == 401:
                     self.tokens.mark_expired(token)
                     raise UpstreamAuthExpired("PDPJ refused the token (401): expired or invalid")
@@ -266,6 +289,17 @@ class PdpjClient:
                 raise ContentMismatch(reason)
             yield DocumentStream(resp, head, eof)
 
+    def defer_delay(self) -> float:
+        """Seconds before a document that met a busy PDPJ is tried again: the pause, and a bit."""
+        return self.pacer.paused_for() + random.uniform(0.1, DEFER_JITTER_S)
+
+
+def _refused(exc: BaseException) -> bool:
+    """A connection refused: PDPJ (or its gateway) shedding load."""
+    return isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ConnectionRefusedError
+    )
+
 
 async def _read_head(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     """Up to HEAD_BYTES of the body, and whether that was all of it."""
@@ -282,7 +316,10 @@ def _raise_for_status(status: int, headers: Any, what: str, retry_cap_s: float) 
     """Sort a non-2xx answer into the upstream errors."""
     if 200 <= status < 300:
         return
-    if status == 429 or status in (408, 425) or status >= 500:
+    if status in BUSY_STATUSES:
+        retry = parse_retry_after(headers.get("Retry-After"), retry_cap_s)
+        raise UpstreamBusy(f"PDPJ answered {status} for {what} (busy)", retry_after=retry)
+    if status in (408, 425) or status >= 500:
         retry = parse_retry_after(headers.get("Retry-After"), retry_cap_s)
         raise UpstreamTransient(f"PDPJ answered {status} for {what}", retry_after=retry)
     if status == 403:
@@ -297,6 +334,7 @@ __all__ = [
     "DocumentStream",
     "PdpjClient",
     "UpstreamAuthExpired",
+    "UpstreamBusy",
     "UpstreamError",
     "UpstreamNotFound",
     "UpstreamPermanent",

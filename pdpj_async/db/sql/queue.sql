@@ -100,6 +100,15 @@ WITH released AS (
 )
 SELECT r.id FROM released AS r, notified;
 
+-- name: defer
+-- Back to the free rows, due after the delay, the attempt given back: the row was not at fault
+-- (PDPJ was busy). Other pools learn of it when it comes due, by their poll or their own claim.
+UPDATE pdpj.queue
+SET lease_owner = NULL, lease_expires_at = NULL, attempts = attempts - 1, last_error = $4,
+    run_at = now() + make_interval(secs => $5)
+WHERE id = $1 AND lease_owner = $2 AND attempts = $3
+RETURNING id;
+
 -- name: cancel
 DELETE FROM pdpj.queue
 WHERE kind = $1 AND ref = ANY($2::text[])
