@@ -43,6 +43,15 @@ class Retention:
                 removed[statement] = await self._prune(statement, days * DAY_S)
         return removed
 
+    async def prune_bulk(self) -> dict[str, int]:
+        """Completed batches as old as pruned jobs; Idempotency-Key records an hour past expiry."""
+        removed = {"prune_idempotency_keys": await self._prune("prune_idempotency_keys", 3600)}
+        if self._config.jobs_days > 0:
+            removed["prune_batches"] = await self._prune(
+                "prune_batches", self._config.jobs_days * DAY_S
+            )
+        return removed
+
     async def _prune(self, statement: str, seconds: float) -> int:
         total = 0
         while True:
@@ -57,7 +66,7 @@ class Retention:
         """Prune every `interval_s` until cancelled; a database outage waits for the next pass."""
         while True:
             try:
-                removed = await self.prune()
+                removed = await self.prune() | await self.prune_bulk()
                 if any(removed.values()):
                     log.info("retention_pruned", **removed)
             except DB_ERRORS as exc:

@@ -8,6 +8,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
+from . import batches
 from .db import Connection, Executor, queries
 from .errors import InvalidTransition
 from .logs import get_logger
@@ -80,6 +81,11 @@ async def refresh_jobs(
     if not job_ids:
         return []
     rows = await conn.fetch(_JOBS["refresh_jobs"], list(job_ids))
+    final = [row["id"] for row in rows if row["status"] in JOB_FINAL]
+    if final and on_final is not None:
+        # The hooks may complete batches: their locks are taken here, all at once and in id
+        # order, so that two transactions finishing jobs of the same batches never deadlock.
+        await batches.lock_for_jobs(conn, final)
     for row in rows:
         if row["status"] in JOB_FINAL:
             log.info("job_final", job_id=str(row["id"]), status=row["status"])

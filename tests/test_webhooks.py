@@ -118,6 +118,8 @@ async def test_completed_job_payload_lists_its_documents(
         "status": "available",
         "download_url": None,
         "error_message": None,
+        "text_status": "pending",
+        "text_url": None,
     }
 
 

@@ -352,10 +352,11 @@ ROUTES: list[Route] = [
 
 def all_routes() -> list[Route]:
     """Every documented route: this module's and the webhook endpoints'."""
-    from . import admin, process_routes, webhook_routes
+    from . import admin, batch_routes, endpoint_routes, process_routes, watch_routes, webhook_routes
 
     routes = [*ROUTES, *process_routes.ROUTES, *admin.ROUTES, *webhook_routes.ROUTES]
-    return [*routes, *search_routes.ROUTES]
+    routes += [*endpoint_routes.ROUTES, *batch_routes.ROUTES]
+    return [*routes, *search_routes.ROUTES, *watch_routes.ROUTES]
 
 
 def setup_routes(app: web.Application) -> None:

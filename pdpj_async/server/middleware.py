@@ -23,6 +23,7 @@ from ..keys import ApiKey
 from ..logs import get_logger
 from ..ratelimit import TokenBucket
 from . import appkeys, problems
+from .bulk_input import body_limit
 from .metrics import METRICS
 
 log = get_logger(__name__)
@@ -117,11 +118,9 @@ async def _answer(
     try:
         config = request.app.get(appkeys.CONFIG)
         length = request.content_length
-        if config is not None and length is not None and length > config.http.max_body_bytes:
+        if config is not None and length is not None and length > (limit := body_limit(request)):
             # Refused before any handler acts, also on routes that would never read the body.
-            raise web.HTTPRequestEntityTooLarge(
-                max_size=config.http.max_body_bytes, actual_size=length
-            )
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
         if authenticate:
             await _authenticate(request)
         return await handler(request)

@@ -18,7 +18,7 @@ class Param(msgspec.Struct, frozen=True):
     """A path or query parameter."""
 
     name: str
-    where: Literal["path", "query"]
+    where: Literal["path", "query", "header"]
     description: str
     type: Literal["string", "boolean", "integer"] = "string"
 
@@ -32,6 +32,15 @@ class Operation(msgspec.Struct, frozen=True):
     body: Any = None
     responses: dict[int, Any] = {}
     public: bool = False
+
+
+class Event(msgspec.Struct, frozen=True):
+    """An event of the webhook catalogue: its type and the struct of its payload."""
+
+    type: str
+    summary: str
+    description: str
+    payload: Any
 
 
 class Route(msgspec.Struct, frozen=True):
@@ -53,11 +62,20 @@ _ERRORS = {
 }
 
 
-def build(routes: list[Route]) -> dict[str, Any]:
-    """The OpenAPI document of `routes`."""
+# Problems a route lists itself (`responses={status: Problem}`), described by status.
+_PROBLEMS = {
+    409: "Conflict (with Idempotency-Key: the first request with this key is still running).",
+    413: "The body is too large, or holds more than 10,000 numbers.",
+    415: "The body is neither JSON nor text/csv.",
+    422: "The Idempotency-Key was used with a different request.",
+}
+
+
+def build(routes: list[Route], events: list[Event] | None = None) -> dict[str, Any]:
+    """The OpenAPI document of `routes`, and of `events` as its top-level `webhooks`."""
     from .problems import Problem
 
-    types: list[Any] = [Problem]
+    types: list[Any] = [Problem, *(e.payload for e in events or [])]
     for route in routes:
         op = route.operation
         types.extend(t for t in op.responses.values() if t is not None)
@@ -99,6 +117,48 @@ def build(routes: list[Route]) -> dict[str, Any]:
             },
         },
         "security": [{"bearer": []}, {"apiKey": []}],
+        **({"webhooks": _webhooks(events, by_type)} if events else {}),
+    }
+
+
+# The Standard Webhooks headers every event carries.
+_EVENT_HEADERS = [
+    ("webhook-id", "the message id (msg_...): the same on every retry of one message"),
+    ("webhook-timestamp", "seconds since the epoch when this attempt was signed"),
+    ("webhook-signature", "v1,<base64 HMAC-SHA256>; two, space separated, after a rotation"),
+]
+
+
+def _webhooks(events: list[Event], by_type: dict[Any, Any]) -> dict[str, Any]:
+    """The event catalogue: what pdpj-async POSTs to webhook URLs and standing endpoints."""
+    return {
+        event.type: {
+            "post": {
+                "summary": event.summary,
+                "description": event.description,
+                "operationId": "event_" + event.type.replace(".", "_"),
+                "parameters": [
+                    {
+                        "name": name,
+                        "in": "header",
+                        "required": True,
+                        "description": text,
+                        "schema": {"type": "string"},
+                    }
+                    for name, text in _EVENT_HEADERS
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": by_type[event.payload]}},
+                },
+                "responses": {
+                    "200": {"description": "Any 2xx: delivered."},
+                    "410": {"description": "Gone: no more attempts for this message."},
+                },
+                "security": [],
+            }
+        }
+        for event in events
     }
 
 
@@ -110,7 +170,8 @@ def _operation(route: Route, by_type: dict[Any, Any]) -> dict[str, Any]:
         if type_ is None:
             responses[str(status)] = {"description": "Redirect" if status == 302 else "OK"}
         elif type_ is _problem():
-            responses[str(status)] = {"description": "Conflict", "content": problem}
+            text = _PROBLEMS.get(status, "Conflict")
+            responses[str(status)] = {"description": text, "content": problem}
         else:
             content = {"application/json": {"schema": by_type[type_]}}
             responses[str(status)] = {"description": "OK", "content": content}
@@ -150,9 +211,11 @@ def _problem() -> Any:
     return Problem
 
 
-def setup_routes(app: web.Application, routes: list[Route]) -> None:
+def setup_routes(
+    app: web.Application, routes: list[Route], events: list[Event] | None = None
+) -> None:
     """Serve the document at /api/v1/openapi.json (built once)."""
-    body = msgspec.json.encode(build(routes))
+    body = msgspec.json.encode(build(routes, events))
 
     async def openapi(_request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")

@@ -12,7 +12,7 @@ from aiohttp import web
 from .. import keys
 from ..errors import AuthError, InvalidRequest, NotFound
 from ..keys import ApiKey
-from ..webhooks import outbox
+from ..webhooks import endpoints, outbox
 from ..webhooks.client import WebhookClient
 from ..webhooks.ssrf import Resolver
 from . import appkeys
@@ -125,15 +125,20 @@ def _require_test_receiver(request: web.Request) -> None:
 
 
 async def _signer(request: web.Request, raw: bytes, headers: dict[str, str]) -> int | None:
-    """The id of the key whose secret signed the message, or None."""
+    """The id of the key whose secret (or whose endpoint's secret) signed the message, or None."""
     pool = request.app[appkeys.POOL]
+    overlap = request.app[appkeys.CONFIG].webhooks.secret_overlap_s
+    # A message to a standing endpoint is signed with that endpoint's own secret.
+    sent = await endpoints.delivery_signing_secrets(pool, headers.get("webhook-id", ""), overlap)
+    if sent is not None:
+        key_id, candidates = sent
+        return key_id if any(outbox.verify(s, raw, headers) for s in candidates) else None
     if presented_key(request):
         # A presented key names the one secret to try: one check, however many keys exist.
         try:
             key = await _optional_key(request)
         except AuthError:
             return None
-        overlap = request.app[appkeys.CONFIG].webhooks.secret_overlap_s
         own = await outbox.key_signing_secrets(pool, key.id, overlap) if key else None
         return key.id if key and any(outbox.verify(s, raw, headers) for s in own or []) else None
     # No key: every active key's secrets (a cost per request; the receiver is off outside dev).

@@ -44,6 +44,10 @@ class PayloadDocument(msgspec.Struct, kw_only=True):
     status: str
     download_url: str | None = None
     error_message: str | None = None
+    # null until the document is available; then its text's state (pending, available, no_text,
+    # failed) when the message is sent, with a signed link while available (as the status).
+    text_status: str | None = None
+    text_url: str | None = None
 
 
 class JobPayload(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -125,6 +129,7 @@ def build_job_payload(
             sha256=d["sha256"],
             status=d["status"],
             error_message=d["error_message"],
+            text_status=(d["text_status"] or "pending") if d["status"] == "available" else None,
         )
         for d in documents[:max_documents]
     ]
@@ -166,12 +171,18 @@ async def enqueue_delivery(
     url: str,
     event_type: str,
     payload: dict[str, Any],
+    endpoint_id: UUID | None = None,
 ) -> str:
-    """Insert a message into the outbox (in the caller's transaction) and wake the senders."""
+    """Insert a message into the outbox (in the caller's transaction) and wake the senders.
+
+    A message to a standing endpoint (`endpoint_id`) is signed with that endpoint's secret.
+    """
     delivery_id = new_webhook_id()
     body = {**payload, "type": event_type, "webhook_id": delivery_id}
     job = _uuid(job_id) if job_id is not None else None
-    await conn.execute(_SQL["insert_delivery"], delivery_id, job, api_key_id, url, event_type, body)
+    await conn.execute(
+        _SQL["insert_delivery"], delivery_id, job, api_key_id, url, event_type, body, endpoint_id
+    )
     # NOTIFY is transactional: the senders wake when (and only if) the caller commits.
     await conn.execute(_SQL["notify"], delivery_id)
     return delivery_id

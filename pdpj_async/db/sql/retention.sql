@@ -33,3 +33,19 @@ WHERE id = ANY(ARRAY(SELECT id FROM pdpj.access_log
              WHERE at < now() - make_interval(secs => $1)
              ORDER BY at
              LIMIT $2));
+
+-- name: prune_batches
+-- Completed batches with their items (the jobs are pruned on their own).
+DELETE FROM pdpj.batches
+WHERE id = ANY(ARRAY(SELECT id FROM pdpj.batches
+             WHERE status = 'completed' AND completed_at < now() - make_interval(secs => $1)
+             ORDER BY completed_at
+             LIMIT $2));
+
+-- name: prune_idempotency_keys
+-- Records past their expiry (never replayed any more); by row address, the key is two columns.
+DELETE FROM pdpj.idempotency_keys
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM pdpj.idempotency_keys
+               WHERE expires_at < now() - make_interval(secs => $1)
+               ORDER BY expires_at
+               LIMIT $2));

@@ -1,6 +1,7 @@
 -- name: insert_delivery
-INSERT INTO pdpj.webhook_deliveries (id, job_id, api_key_id, url, event_type, payload)
-VALUES ($1, $2, $3, $4, $5, $6);
+INSERT INTO pdpj.webhook_deliveries (id, job_id, api_key_id, url, event_type, payload,
+                                     endpoint_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
 
 -- name: notify
 SELECT pg_notify('pdpj_webhooks', $1);
@@ -15,7 +16,7 @@ WHERE j.id = $1;
 -- name: job_documents_for_payload
 -- One more than the cap, to know whether the list was cut.
 SELECT d.id, d.uuid, d.name, d.type_name, coalesce(d.size, d.declared_size) AS size, d.sha256,
-       d.status, d.error_message
+       d.status, d.error_message, d.text_status
 FROM pdpj.job_documents jd
 JOIN pdpj.documents d ON d.id = jd.document_id
 WHERE jd.job_id = $1
@@ -53,7 +54,7 @@ ORDER BY delivery_id, attempt, id;
 -- Pick due rows no other sender holds, then take them: pushing next_attempt_at past the lease
 -- hides them from every other claim until this attempt is recorded or the lease runs out.
 WITH picked AS (
-    SELECT id
+    SELECT id, endpoint_id
     FROM pdpj.webhook_deliveries
     WHERE status = 'pending' AND next_attempt_at <= now()
     ORDER BY next_attempt_at
@@ -67,12 +68,17 @@ SET lease_owner = $1,
     attempts = d.attempts + 1,
     round_attempts = d.round_attempts + 1,
     updated_at = now()
-FROM picked, pdpj.api_keys k
+FROM picked LEFT JOIN pdpj.webhook_endpoints e ON e.id = picked.endpoint_id, pdpj.api_keys k
 WHERE d.id = picked.id AND k.id = d.api_key_id
--- The payload comes as JSON text: sent as it is unless a hook rewrites it.
+-- The payload comes as JSON text: sent as it is unless a hook rewrites it. A message to a
+-- standing endpoint is signed with the endpoint's secrets, any other with its key's.
 RETURNING d.id, d.job_id, d.url, d.event_type, d.payload::text AS body, d.attempts,
-          d.round_attempts, k.webhook_secret, k.previous_webhook_secret,
-          extract(epoch FROM now() - k.secret_rotated_at)::float8 AS rotated_s_ago;
+          d.round_attempts,
+          CASE WHEN e.id IS NULL THEN k.webhook_secret ELSE e.secret END AS webhook_secret,
+          CASE WHEN e.id IS NULL THEN k.previous_webhook_secret
+               ELSE e.previous_secret END AS previous_webhook_secret,
+          extract(epoch FROM now() - CASE WHEN e.id IS NULL THEN k.secret_rotated_at
+                                          ELSE e.secret_rotated_at END)::float8 AS rotated_s_ago;
 
 -- name: finish_attempts
 -- Record a batch of attempts and move their deliveries on, in one statement. Each update is
