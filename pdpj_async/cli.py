@@ -17,6 +17,7 @@ from . import __version__, db, keys, logs
 from .config import Config, load_config
 from .errors import PdpjAsyncError
 from .text import command as text_command
+from .watches import command as watch_command
 
 DEFAULT_CONFIG_ENV = "PDPJ_ASYNC_CONFIG"
 
@@ -137,6 +138,7 @@ async def _cmd_sandbox(args: argparse.Namespace, config: Config) -> int:
         doc_size_range=(args.min_size, args.max_size),
         default_form="object" if args.object_form else "array",
         token_expires_after=args.token_expires_after,
+        limit=sandbox_app.Limit(rate=args.limit_rate, burst=args.limit_burst),
     )
     return await sandbox_app.serve(settings, args.host, args.port)
 
@@ -190,6 +192,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.choices["jobs"].set_defaults(func=_cmd_ops)
     sub.choices["deliveries"].set_defaults(func=_cmd_ops)
     text_command.add_parser(sub, _database)
+    watch_command.add_parser(sub, _database)
 
     sandbox_p = sub.add_parser("sandbox", help="run a local PDPJ look-alike")
     sandbox_p.add_argument("--host", default="127.0.0.1")
@@ -202,6 +205,10 @@ def _parser() -> argparse.ArgumentParser:
     sandbox_p.add_argument("--max-size", type=int, default=256 * 1024, help="bytes")
     sandbox_p.add_argument("--object-form", action="store_true", help="bare objects, not arrays")
     sandbox_p.add_argument("--token-expires-after", type=int, default=None, help="requests")
+    sandbox_p.add_argument(
+        "--limit-rate", type=float, default=0.0, help="hidden limit, requests/s (429 above it)"
+    )
+    sandbox_p.add_argument("--limit-burst", type=float, default=None, help="requests at once")
     sandbox_p.set_defaults(func=_cmd_sandbox)
     return parser
 

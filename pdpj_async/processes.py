@@ -199,6 +199,14 @@ def _is_stale(fetched_at: datetime, ttl: timedelta) -> bool:
 
 async def _store(conn: Connection, process: UpstreamProcess) -> int:
     """Upsert the process and its documents; returns the process id."""
+    process_id, _ = await store_fetched(conn, process)
+    return process_id
+
+
+async def store_fetched(
+    conn: Connection, process: UpstreamProcess
+) -> tuple[int, process_data.Diff | None]:
+    """Upsert the process and its documents and record its data: (id, the change it brought)."""
     process_id: int = await conn.fetchval(
         _PROC["upsert_process"],
         process.number,
@@ -228,8 +236,8 @@ async def _store(conn: Connection, process: UpstreamProcess) -> int:
         ]
         await conn.execute(_PROC["upsert_documents"], process_id, *columns)
     # The typed data, its movements' identities, and the change this refresh brings (if any).
-    await process_data.record(conn, process_id, process.raw)
-    return process_id
+    found = await process_data.record(conn, process_id, process.raw)
+    return process_id, found
 
 
 def _process_view(row: asyncpg.Record, number: ProcessNumber) -> ProcessView:

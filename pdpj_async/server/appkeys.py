@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ..storage import Storage
     from ..upstream.client import PdpjClient
     from ..upstream.tokens import TokenProvider
+    from ..watches import Refresher, WatchService
     from ..webhooks.sender import Sender
     from ..webhooks.ssrf import UrlGuard
     from .middleware import RateLimits
@@ -48,6 +49,8 @@ PROCESSES: web.AppKey[ProcessService] = web.AppKey("processes")
 JOBS: web.AppKey[JobService] = web.AppKey("jobs")
 RATE_LIMITS: web.AppKey[RateLimits] = web.AppKey("rate_limits")
 ACCESS_LOG: web.AppKey[AccessLog] = web.AppKey("access_log")
+WATCHES: web.AppKey[WatchService] = web.AppKey("watches")
+REFRESHER: web.AppKey[Refresher] = web.AppKey("refresher")
 
 # Per-request state.
 REQUEST_ID = web.RequestKey("request_id", str)
