@@ -11,15 +11,16 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from . import access, cnj, states
+from . import access, batches, cnj, states
 from .config import Config, public_url
 from .db import queries, transaction
 from .errors import Conflict, InvalidRequest, NotFound
 from .keys import ApiKey
 from .logs import get_logger
 from .processes import DOWNLOAD_KIND, status_url
-from .schemas import DocumentView, JobList, JobView, ProcessStatus, StatusView
-from .webhooks import outbox
+from .schemas import DocumentView, JobList, JobView, ProcessStatus, StatusView, TextStatus
+from .text import text_key
+from .webhooks import events
 
 if TYPE_CHECKING:
     from .queue.table import Queue
@@ -315,6 +316,8 @@ def _restricted(view: DocumentView) -> DocumentView:
         download_url=None,
         error_message=None,
         download_completed_at=None,
+        text_status=None,
+        text_url=None,
     )
 
 
@@ -329,6 +332,9 @@ def _overall(views: list[DocumentView], completed: int, failed: int) -> ProcessS
 
 def _document_view(row: asyncpg.Record, sign: UrlSigner) -> DocumentView:
     available = row["status"] == "available" and row["storage_key"] is not None
+    # An available document's text is pending until its text work has written a row; the link
+    # only while the text is available (as GET /documents/{uuid}/text answers), beside the binary.
+    text: TextStatus | None = (row["text_status"] or "pending") if available else None
     return DocumentView(
         id=row["id"],
         uuid=row["uuid"],
@@ -343,19 +349,23 @@ def _document_view(row: asyncpg.Record, sign: UrlSigner) -> DocumentView:
         download_url=sign(row["storage_key"]) if available else None,
         error_message=row["error_message"],
         download_completed_at=row["download_completed_at"],
+        text_status=text,
+        text_url=sign(text_key(row["storage_key"])) if text == "available" else None,
     )
 
 
 def webhook_on_final(config: Config) -> states.JobFinalHook:
-    """What happens in the transaction that makes a job final: its webhook enters the outbox."""
+    """What happens in the transaction that makes a job final: its job.* event enters the
+    outbox (to its webhook_url and the key's subscribed endpoints), and its batches advance."""
     base = public_url(config)
 
     async def on_final(conn: Any, row: Any) -> None:
-        await outbox.enqueue_job_webhook(
+        await events.emit_job_final(
             conn,
             row["id"],
             public_url=base,
             max_documents=config.webhooks.max_documents_in_payload,
         )
+        await batches.job_final(conn, row["id"], base)
 
     return on_final

@@ -60,8 +60,13 @@ class ProcessResponse(_View):
     stale: bool = False
 
 
+# The state of a document's text (GET /documents/{uuid}/text, search): null until the document
+# is available, then pending until its text work ends.
+TextStatus = Literal["pending", "available", "no_text", "failed"]
+
+
 class DocumentView(_View):
-    """One document with its download state."""
+    """One document with its download state and its text's."""
 
     id: int
     uuid: str
@@ -76,6 +81,9 @@ class DocumentView(_View):
     download_url: str | None
     error_message: str | None
     download_completed_at: datetime | None
+    text_status: TextStatus | None = None
+    # A signed link to the text (UTF-8, NFC), as GET /documents/{uuid}/text redirects to.
+    text_url: str | None = None
 
 
 class JobView(_View):

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from pdpj_async import keys
+from pdpj_async import search as search_texts
 from tests.fixtures.app import Keys
 from tests.text_docs import Corpus, open_storage
 
@@ -185,3 +186,47 @@ async def test_a_query_of_stopwords_only_finds_nothing_without_error(
     process = await corpus.process(key_ids=(api_keys.user.info.id,))
     await corpus.add(process, "O autor e a ré.")
     assert (await search(client, api_keys.user, q="o e a"))["hits"] == []
+
+
+async def hits_of(
+    pool: asyncpg.Pool, key: keys.ApiKey, q: str, plan: Any, candidates: int = 300, **kw: Any
+) -> list[str]:
+    filters = search_texts.Filters(**kw)
+    page = await search_texts.search(pool, key, q, filters, plan=plan, candidates=candidates)
+    return [h.document_uuid for h in page.hits]
+
+
+async def test_walking_the_newest_texts_and_the_index_find_the_same_hits_in_the_same_order(
+    pool: asyncpg.Pool, api_keys: Keys, corpus: Corpus
+) -> None:
+    user = keys.ApiKey(id=api_keys.user.info.id, name="u", role="user")
+    admin = keys.ApiKey(id=api_keys.admin.info.id, name="a", role="admin")
+    mine = await corpus.process(key_ids=(user.id,))
+    theirs = await corpus.process()
+    for n in range(12):
+        when = datetime(2024, 1, 1 + n, tzinfo=UTC)
+        text = "Recurso de apelação. " * (1 + n % 4) + ("Dano moral." if n % 3 else "Dano.")
+        process = mine if n % 2 else theirs
+        await corpus.add(process, text, juntada_at=when, sigilo="SIGILOSO" if n == 5 else None)
+    queries = ["recurso", '"dano moral"', "apelação -moral", "dano or inexistente"]
+    for key in (user, admin):
+        for q in queries:
+            walked = await hits_of(pool, key, q, "walk")
+            indexed = await hits_of(pool, key, q, "index")
+            assert walked == indexed and walked, (key.role, q)
+            # The same bounded set too: the 3 newest candidates, whichever way they are found.
+            since = datetime(2024, 1, 3, tzinfo=UTC)
+            bounded = [await hits_of(pool, key, q, p, 3, since=since) for p in ("walk", "index")]
+            assert bounded[0] == bounded[1] and 0 < len(bounded[0]) <= 3, (key.role, q)
+
+
+async def test_a_document_sealed_after_its_text_was_indexed_is_no_longer_found(
+    client: Client, api_keys: Keys, corpus: Corpus, pool: asyncpg.Pool
+) -> None:
+    process = await corpus.process(key_ids=(api_keys.user.info.id,))
+    uuid = await corpus.add(process, "Laudo pericial complementar.")
+    assert await found(client, api_keys.user, "laudo") == {uuid}
+    # A refresh from PDPJ marks it sealed: the text follows the document at once.
+    await pool.execute("UPDATE pdpj.documents SET sigilo = 'SIGILOSO' WHERE uuid = $1", uuid)
+    assert await found(client, api_keys.user, "laudo") == set()
+    assert await found(client, api_keys.admin, "laudo") == {uuid}

@@ -15,8 +15,9 @@ from pdpj_async.config import TextConfig
 from pdpj_async.text import extract, ocr
 from pdpj_async.text.worker import text_key
 from tests.fixtures.app import Stack
+from tests.fixtures.receiver import Receiver
 from tests.fixtures.sandbox import Sandbox
-from tests.test_api import request_process, three_docs
+from tests.test_api import NUMBER, request_process, three_docs
 from tests.text_docs import Corpus, image_pdf, open_storage, text_pdf
 
 HTML = (
@@ -161,6 +162,53 @@ async def test_each_downloaded_document_gets_pdpj_text_through_the_queue(
     assert len((await found.json())["hits"]) == len(docs)
     hidden = await stack.get("/api/v1/search", stack.keys.other, params={"q": "extraido"})
     assert (await hidden.json())["hits"] == []
+
+
+async def read_link(stack: Stack, url: str) -> str:
+    async with stack.client.session.get(url) as resp:
+        assert resp.status == 200, url
+        return await resp.text()
+
+
+async def test_status_and_webhook_give_each_text_status_and_a_working_link_once_it_is_done(
+    stack: Stack, sandbox: Sandbox, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    docs = await three_docs(sandbox)
+    await request_process(stack, stack.keys.user, webhook_url=receiver.url)
+    (first,) = await receiver.wait_for(1, within_s=30)
+    # Sent when the last download ends: each text where it stands then, linked only if done.
+    for doc in first.json()["documents"]:
+        assert doc["text_status"] in ("pending", "available")
+        assert (doc["text_url"] is not None) == (doc["text_status"] == "available")
+    await wait_texts(pool, len(docs))
+    resp = await stack.get(f"/api/v1/processes/{NUMBER}/status", stack.keys.user)
+    shown = (await resp.json())["documents"]
+    assert {d["uuid"] for d in shown} == {d["uuid"] for d in docs}
+    for doc in shown:
+        assert doc["text_status"] == "available"
+        text = await read_link(stack, doc["text_url"])
+        assert text.startswith(f"Texto extraído do documento {doc['uuid']}")
+    # Sent again once the texts are done, the message carries them, with working links.
+    redeliver = f"/api/v1/webhook-deliveries/{first.webhook_id}/redeliver"
+    assert (await stack.post(redeliver, stack.keys.user)).status == 202
+    again = (await receiver.wait_for(2, within_s=30))[1].json()
+    assert {d["text_status"] for d in again["documents"]} == {"available"}
+    for doc in again["documents"]:
+        text = await read_link(stack, doc["text_url"])
+        assert text.startswith(f"Texto extraído do documento {doc['uuid']}")
+
+
+async def test_a_document_not_yet_downloaded_has_no_text_status_in_the_status(
+    stack: Stack, sandbox: Sandbox, pool: asyncpg.Pool
+) -> None:
+    await three_docs(sandbox)
+    await request_process(stack, stack.keys.user, auto_download="false")
+    resp = await stack.get(f"/api/v1/processes/{NUMBER}/status", stack.keys.user)
+    shown = (await resp.json())["documents"]
+    assert len(shown) == 3
+    assert {(d["status"], d["text_status"], d["text_url"]) for d in shown} == {
+        ("pending", None, None)
+    }
 
 
 async def test_text_rebuild_requeues_every_available_document_and_resumes_after_an_id(

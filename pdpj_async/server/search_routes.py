@@ -87,9 +87,12 @@ ROUTES: list[Route] = [
         "Web-search syntax (\"a phrase\", or, -word), accent-insensitive and stemmed in "
         "Portuguese, over the documents of the processes the key requested (admins: all; "
         "sealed documents only with the sealed permission). Hits are ranked best first with "
-        "highlighted snippets; `next_cursor` gives the next page. Ranking is exact when the "
-        "query has at most `text.search_candidates` (default 300) visible matches; beyond "
-        "that, the most recent ones are the ones ranked.",
+        "highlighted snippets; `next_cursor` gives the next page. Ranking runs on a bounded "
+        "candidate set: the `text.search_candidates` (default 300) most recent visible "
+        "documents that have every word of the query. So it is exact when the query has at "
+        "most that many such documents; beyond that, the most recent ones are the ones "
+        "ranked, and a quoted phrase is looked for among them (a phrase found only in older "
+        "documents that share its words with many newer ones is not returned).",
         params=[Param("q", "query", "the query (required, at most 500 characters)"),
                 Param("process", "query", "only this process (CNJ number)"),
                 Param("type", "query", "only this document type (tipo.nome)"),

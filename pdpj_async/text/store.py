@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 
 from ..db import Executor, queries
+from ..storage import Storage
 
 _SQL = queries.load("text")
 
@@ -35,10 +38,20 @@ async def save(
     )
 
 
-async def statuses(conn: Executor, document_ids: list[int]) -> dict[int, str]:
-    """Text status by document id (documents with no text row yet are absent)."""
-    rows = await conn.fetch(_SQL["statuses"], document_ids)
-    return {int(r["document_id"]): str(r["status"]) for r in rows}
+async def link_texts(conn: Executor, storage: Storage, documents: list[dict[str, Any]]) -> None:
+    """Set each available document's text_status, and a signed text_url while the text is
+    available, as they are now (a webhook message's documents, at send time)."""
+    ids = [int(d["id"]) for d in documents if d.get("status") == "available"]
+    if not ids:
+        return
+    rows = {int(r["document_id"]): r for r in await conn.fetch(_SQL["text_links"], ids)}
+    for doc in documents:
+        if doc.get("status") != "available":
+            continue
+        row = rows.get(int(doc["id"]))
+        doc["text_status"] = "pending" if row is None else row["status"]
+        key = row["storage_key"] if row is not None and row["status"] == "available" else None
+        doc["text_url"] = storage.download_url(key) if key else None
 
 
 async def text_of(conn: Executor, document_id: int) -> asyncpg.Record | None:

@@ -17,7 +17,7 @@ from ..db import Connection
 from ..errors import Release, UpstreamError
 from ..logs import get_logger
 from ..queue.gate import Gate
-from . import TEXT_KIND, extract, ocr, store
+from . import TEXT_KIND, TEXT_NAME, extract, ocr, store, text_key
 from .normalize import for_index, nfc
 
 if TYPE_CHECKING:
@@ -27,16 +27,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-TEXT_NAME = "text.txt"
 # PDPJ's text of one document, read into memory at most (larger answers: extracted locally).
 MAX_UPSTREAM_TEXT = 64 * 1024 * 1024
 _CHUNK = 1024 * 1024
-
-
-def text_key(binary_key: str) -> str:
-    """`…/{uuid}/text.txt` beside the binary (never the binary's own key)."""
-    folder, _, name = binary_key.rpartition("/")
-    return f"{folder}/{'text.extracted.txt' if name == TEXT_NAME else TEXT_NAME}"
 
 
 class TextWorker:

@@ -137,11 +137,12 @@ ORDER BY v.created_at DESC, v.id DESC
 LIMIT $6;
 
 -- name: status_documents
--- The status of a process: its id and its documents; one row with NULL document columns when
--- it has none, no row when the process is unknown.
+-- The status of a process: its id and its documents, each with its text's state; one row with
+-- NULL document columns when it has none, no row when the process is unknown.
 SELECT p.id AS process_id, d.id, d.uuid, d.name, d.type_name, d.mime_type, d.stored_mime_type,
        d.declared_size, d.sequence, d.status, d.size, d.sha256, d.storage_key, d.error_message,
-       d.download_started_at, d.download_completed_at, pdpj.is_sealed(d.sigilo) AS sealed
+       d.download_started_at, d.download_completed_at, pdpj.is_sealed(d.sigilo) AS sealed,
+       d.text_status
 FROM pdpj.processes p
 LEFT JOIN pdpj.documents d ON d.process_id = p.id
 WHERE p.number = $1

@@ -8,21 +8,32 @@ JOIN pdpj.processes p ON p.id = d.process_id
 WHERE d.id = $1 AND d.status = 'available' AND d.storage_key IS NOT NULL;
 
 -- name: save
--- The outcome of one text work: the row is created or replaced. $8: the indexed form (capped).
+-- The outcome of one text work: the row is created or replaced, and the document says so too.
+-- $8: the indexed form (capped). Updating the document first locks it: a refresh changing its
+-- sigilo at that moment waits, then its trigger (migration 0014) updates this row, so `sealed`
+-- is never stale.
+WITH d AS (
+    UPDATE pdpj.documents SET text_status = $2
+    WHERE id = $1
+    RETURNING id, process_id, juntada_at, type_name, sigilo
+)
 INSERT INTO pdpj.document_texts (document_id, process_id, status, source, storage_key, chars,
-                                 error_message, juntada_at, type_name, body, tsv, updated_at)
-SELECT d.id, d.process_id, $2, $3, $4, $5, $6, d.juntada_at, d.type_name, $7,
+                                 error_message, juntada_at, type_name, sealed, body, tsv,
+                                 updated_at)
+SELECT d.id, d.process_id, $2, $3, $4, $5, $6, d.juntada_at, d.type_name,
+       pdpj.is_sealed(d.sigilo), $7,
        CASE WHEN $8::text IS NULL THEN NULL ELSE to_tsvector('pdpj.pt', $8::text) END, now()
-FROM pdpj.documents d WHERE d.id = $1
+FROM d
 ON CONFLICT (document_id) DO UPDATE
 SET status = EXCLUDED.status, source = EXCLUDED.source, storage_key = EXCLUDED.storage_key,
     chars = EXCLUDED.chars, error_message = EXCLUDED.error_message,
-    juntada_at = EXCLUDED.juntada_at, type_name = EXCLUDED.type_name, body = EXCLUDED.body,
-    tsv = EXCLUDED.tsv, updated_at = now();
+    juntada_at = EXCLUDED.juntada_at, type_name = EXCLUDED.type_name, sealed = EXCLUDED.sealed,
+    body = EXCLUDED.body, tsv = EXCLUDED.tsv, updated_at = now();
 
--- name: statuses
--- Text status per document id, for the status views ($1: ids).
-SELECT document_id, status FROM pdpj.document_texts WHERE document_id = ANY($1::bigint[]);
+-- name: text_links
+-- Each text's state and object, by document id ($1: ids), for the links of a webhook message.
+SELECT document_id, status, storage_key
+FROM pdpj.document_texts WHERE document_id = ANY($1::bigint[]);
 
 -- name: text_of
 -- The text row of an available document, by id.
@@ -44,52 +55,121 @@ ORDER BY d.id
 LIMIT $3;
 
 -- name: mark_pending
--- Texts about to be redone say so ($1: document ids).
-UPDATE pdpj.document_texts SET status = 'pending', updated_at = now()
-WHERE document_id = ANY($1::bigint[]);
+-- Texts about to be redone say so ($1: document ids): the documents first (the lock order of
+-- `save` and of a refresh's trigger), then their text rows.
+WITH d AS (
+    UPDATE pdpj.documents SET text_status = 'pending'
+    WHERE id = ANY($1::bigint[]) AND text_status IS NOT NULL
+    RETURNING id
+)
+UPDATE pdpj.document_texts t SET status = 'pending', updated_at = now()
+FROM d
+WHERE t.document_id = d.id;
 
--- name: search
--- Ranked hits for a tsquery ($1, from websearch_to_tsquery over the normalised query), scoped:
--- $2 the key, $3 admin (all processes), $4 sees sealed. Filters: $5 process number, $6 type,
--- $7/$8 juntada range. The candidates are the $9 most recent visible matches, from the GIN
--- index alone (phrases relaxed to AND: GIN keeps no positions); the phrase check and ranking
--- then run on them only. $10/$11: the cursor (rank, document id) of the previous page's last
--- hit; $12: page size.
-WITH query AS (
-    SELECT websearch_to_tsquery('pdpj.pt', $1) AS exact,
-           -- the same words with phrases relaxed to AND: what the index alone can answer
-           regexp_replace(websearch_to_tsquery('pdpj.pt', $1)::text, '<[0-9-]+>', '&',
-                          'g')::tsquery AS relaxed
-), candidates AS (
-    SELECT t.document_id, t.process_id, t.juntada_at, t.tsv, t.body
-    FROM pdpj.document_texts t, query q
-    WHERE t.tsv @@ q.relaxed
-      AND t.status = 'available'
-      AND ($3 OR t.process_id IN (SELECT a.process_id FROM pdpj.process_access a
-                                  WHERE a.api_key_id = $2))
-      AND ($5::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $5))
-      AND ($4 OR NOT EXISTS (SELECT 1 FROM pdpj.documents s
-                             WHERE s.id = t.document_id AND pdpj.is_sealed(s.sigilo)))
-      AND ($6::text IS NULL OR t.type_name = $6)
-      AND ($7::timestamptz IS NULL OR t.juntada_at >= $7)
-      AND ($8::timestamptz IS NULL OR t.juntada_at < $8)
-    ORDER BY t.juntada_at DESC NULLS LAST, t.document_id DESC
-    LIMIT $9
+-- The search runs in two steps: the candidates (the $N most recent visible texts that have
+-- every word of the query, phrases relaxed to AND), then the phrase check, the ranking and the
+-- snippets on those only. The candidates come one of two ways, chosen by search_estimate:
+-- a word most texts have is found by walking the visible texts newest first (testing each
+-- text's words only after its scope; the walk stops at $N); a rarer one from the GIN index.
+-- Both give the same rows.
+
+-- name: search_estimate
+-- The planner's estimate of the texts matching $1 (Plans[0]) and of all texts (Plans[1]).
+EXPLAIN (FORMAT JSON)
+SELECT 1 FROM pdpj.document_texts t WHERE t.tsv @@ pdpj.websearch_relaxed($1)
+UNION ALL
+SELECT 1 FROM pdpj.document_texts t;
+
+-- name: search_walk_all
+-- Candidates for an admin, walking all texts newest first: $1 query, $2 sees sealed,
+-- $3 process number, $4 type, $5/$6 juntada range, $7 how many.
+SELECT v.document_id
+FROM (SELECT t.document_id, t.tsv
+      FROM pdpj.document_texts t
+      WHERE t.status = 'available'
+        AND ($2 OR NOT t.sealed)
+        AND ($3::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $3))
+        AND ($4::text IS NULL OR t.type_name = $4)
+        AND ($5::timestamptz IS NULL OR t.juntada_at >= $5)
+        AND ($6::timestamptz IS NULL OR t.juntada_at < $6)
+      ORDER BY t.juntada_at DESC NULLS LAST, t.document_id DESC
+      -- A fence: the words are tested after the scope and the order, on the texts walked.
+      OFFSET 0) v
+WHERE v.tsv @@ pdpj.websearch_relaxed($1)
+LIMIT $7;
+
+-- name: search_walk_scoped
+-- The same for key $2 (its processes: the planner walks them through their own index for a key
+-- with few, or all texts newest first for a key with many); $3 sees sealed, then as above.
+SELECT v.document_id
+FROM (SELECT t.document_id, t.tsv
+      FROM pdpj.document_texts t
+      WHERE t.status = 'available'
+        AND t.process_id IN (SELECT a.process_id FROM pdpj.process_access a
+                             WHERE a.api_key_id = $2)
+        AND ($3 OR NOT t.sealed)
+        AND ($4::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $4))
+        AND ($5::text IS NULL OR t.type_name = $5)
+        AND ($6::timestamptz IS NULL OR t.juntada_at >= $6)
+        AND ($7::timestamptz IS NULL OR t.juntada_at < $7)
+      ORDER BY t.juntada_at DESC NULLS LAST, t.document_id DESC
+      OFFSET 0) v
+WHERE v.tsv @@ pdpj.websearch_relaxed($1)
+LIMIT $8;
+
+-- name: search_indexed
+-- Candidates from the GIN index: $1 query, $2 the key, $3 admin (all processes), $4 sees
+-- sealed, $5 process number, $6 type, $7/$8 juntada range, $9 how many.
+SELECT t.document_id
+FROM pdpj.document_texts t
+WHERE t.tsv @@ pdpj.websearch_relaxed($1)
+  AND t.status = 'available'
+  AND ($3 OR t.process_id IN (SELECT a.process_id FROM pdpj.process_access a
+                              WHERE a.api_key_id = $2))
+  AND ($4 OR NOT t.sealed)
+  AND ($5::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $5))
+  AND ($6::text IS NULL OR t.type_name = $6)
+  AND ($7::timestamptz IS NULL OR t.juntada_at >= $7)
+  AND ($8::timestamptz IS NULL OR t.juntada_at < $8)
+ORDER BY t.juntada_at DESC NULLS LAST, t.document_id DESC
+LIMIT $9;
+
+-- name: search_rank
+-- The candidates $2 (document ids) that match query $1 exactly (phrases too), ranked, from
+-- after the cursor ($3 rank, $4 document id) on, $5 of them, each with a highlighted snippet.
+WITH q AS (
+    SELECT pdpj.websearch($1) AS exact,
+           -- Without a phrase every candidate matches already: no second look at its words.
+           pdpj.websearch($1)::text = pdpj.websearch_relaxed($1)::text AS relaxed_is_exact,
+           pdpj.query_lexemes(pdpj.websearch($1)) AS lexemes,
+           pdpj.any_word(pdpj.websearch($1)) AS any_word
 ), ranked AS (
-    SELECT c.*, ts_rank_cd(c.tsv, q.exact)::float8 AS rank
-    FROM candidates c, query q
-    WHERE c.tsv @@ q.exact
+    SELECT t.document_id, t.process_id, ts_rank_cd(t.tsv, q.exact)::float8 AS rank
+    FROM pdpj.document_texts t, q
+    WHERE t.document_id = ANY($2::bigint[]) AND (q.relaxed_is_exact OR t.tsv @@ q.exact)
+), page AS (
+    SELECT r.*
+    FROM ranked r
+    WHERE ($3::float8 IS NULL OR (r.rank, r.document_id) < ($3, $4))
+    ORDER BY r.rank DESC, r.document_id DESC
+    LIMIT $5
 )
 SELECT r.document_id, r.rank, p.number AS process_number, d.uuid, d.name, d.type_name,
        d.juntada_at,
-       -- On the first 2 KB only: a whole document costs ~2.5 ms per hit, 2 KB a fraction.
-       ts_headline('pdpj.pt', left(r.body, 2048), q.exact,
+       -- A 768-character window from a little before the first word of the query: a snippet
+       -- costs about its window (~0.4 ms a KB), and 20 make a page. Where that word is comes
+       -- from the text's positions (word counts), at ~6.25 characters a word.
+       ts_headline('pdpj.pt',
+                   substr(t.body, greatest(1, coalesce(first.word, 1) * 25 / 4 - 250), 768),
+                   q.any_word,
                    'StartSel=<b>, StopSel=</b>, MaxFragments=1, MaxWords=24, MinWords=8')
            AS snippet
-FROM ranked r
+FROM page r
+JOIN pdpj.document_texts t ON t.document_id = r.document_id
 JOIN pdpj.documents d ON d.id = r.document_id
 JOIN pdpj.processes p ON p.id = r.process_id
-CROSS JOIN query q
-WHERE ($10::float8 IS NULL OR (r.rank, r.document_id) < ($10, $11))
-ORDER BY r.rank DESC, r.document_id DESC
-LIMIT $12;
+CROSS JOIN q
+LEFT JOIN LATERAL (SELECT min(position)::int AS word
+                   FROM unnest(ts_filter(setweight(t.tsv, 'A', q.lexemes), '{a}')) u,
+                        unnest(u.positions) AS position) first ON true
+ORDER BY r.rank DESC, r.document_id DESC;
