@@ -4,86 +4,59 @@
     .venv/bin/python bench/scale.py --large 500000 --no-save   # a quicker look
 
 Two databases on one embedded PostgreSQL are filled with the same synthetic history at two
-sizes (processes of 100 documents, a job and its document links per process, webhook messages
-and attempts per job, access-log lines, a queue of waiting rows) by server-side bulk inserts
-(INSERT ... SELECT generate_series: no rows cross the wire), vacuumed and analysed. Then each hot
-path runs the statements the daemon runs, `--repeat` times at each size, each inside a
-transaction that is rolled back (the history stays as loaded). The ratio is the large database's
-speed over the small one's (small median / large median): 1.0 is flat, the target is >= 0.8.
+sizes (tests/fixtures/history.py, the one tests/test_query_plans.py EXPLAINs: processes of 100
+documents, a job and its document links per process, webhook messages and attempts, access-log
+lines, a backlog of due downloads, one text in ten indexed, a watch on every process with its
+refresh row, standing endpoints) by server-side bulk inserts in time order (no rows cross the
+wire), then VACUUM ANALYZE, as autovacuum would after a bulk load. Each hot path runs the
+statements the daemon runs (or its own function), in a transaction rolled back afterwards,
+`--repeat` times per round; the two sizes take turns run by run, so that a noisy moment of a
+shared machine hits both alike. The ratio is the large database's speed over the small one's
+(small median / large median): 1.0 is flat, the target is >= 0.8; the median of `--rounds`.
 
-Writes bench/results/scale.json as {"<path>": {"small", "large", "ratio"}} (medians, in ms).
+Writes bench/results/scale.json as {"<path>": {"small", "large", "ratio", "round_ratios"}}
+(medians, in ms).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import harness
 
 DOCS_PER_PROCESS = 100
+KEYS = 50
+# One document's text in this many is indexed (500,000 texts at 5 million documents).
+TEXTS_EVERY = 10
 
-HISTORY = """
-INSERT INTO pdpj.api_keys (name, role, key_prefix, key_hash, webhook_secret)
-SELECT 'k' || g, 'user', 'pdpj_bench' || g, '\\x00', 'whsec_x' FROM generate_series(1, 50) g;
-
-INSERT INTO pdpj.processes (number, raw, fetched_at)
-SELECT lpad(g::text, 20, '0'), '{{}}', now() - make_interval(days => g % 900)
-FROM generate_series(1, {processes}) g;
-
-INSERT INTO pdpj.documents (process_id, uuid, name, href, raw, status, sequence, sigilo,
-                            storage_key, size, sha256, type_name, mime_type, declared_size)
-SELECT p.id, p.number || '-' || s, 'Documento ' || s || '.pdf', '/x', '{{}}',
-       CASE WHEN s % 29 = 0 THEN 'failed' ELSE 'available' END, s,
-       CASE WHEN s % 31 = 0 THEN 'SIGILOSO' ELSE 'PUBLICO' END,
-       'processos/' || p.number || '/' || s, 100000, md5(p.number || s) || md5(s || p.number),
-       'Petição', 'application/pdf', 100000
-FROM pdpj.processes p, generate_series(1, {docs_per_process}) s;
-
-INSERT INTO pdpj.jobs (process_id, api_key_id, status, created_at, completed_at,
-                       total_documents, completed_documents)
-SELECT p.id, 1 + p.id % 50, 'completed', now() - make_interval(days => p.id::int % 900),
-       now() - make_interval(days => p.id::int % 900), {docs_per_process}, {docs_per_process}
-FROM pdpj.processes p;
-
-INSERT INTO pdpj.job_documents (job_id, document_id)
-SELECT j.id, d.id FROM pdpj.jobs j JOIN pdpj.documents d ON d.process_id = j.process_id;
-
-INSERT INTO pdpj.process_access (api_key_id, process_id)
-SELECT api_key_id, process_id FROM pdpj.jobs;
-
-INSERT INTO pdpj.webhook_deliveries (id, job_id, api_key_id, url, event_type, payload, status,
-                                     updated_at, next_attempt_at)
-SELECT 'msg_' || j.id, j.id, j.api_key_id, 'https://h.example/', 'job.completed', '{{}}',
-       'delivered', j.completed_at, j.completed_at
-FROM pdpj.jobs j;
-
-INSERT INTO pdpj.webhook_attempts (delivery_id, attempt, attempted_at, outcome)
-SELECT d.id, a, d.updated_at, 'delivered'
-FROM pdpj.webhook_deliveries d, generate_series(1, 3) a;
-
-INSERT INTO pdpj.access_log (at, api_key_id, action, process_id)
-SELECT now() - make_interval(secs => g), 1 + g % 50, 'status', 1 + g % {processes}
-FROM generate_series(1, {access_lines}) g;
-
-INSERT INTO pdpj.queue (kind, ref, run_at)
-SELECT 'download', 'waiting-' || g, now() - make_interval(secs => g)
-FROM generate_series(1, {queued}) g;
-"""
+# The statements live with the plan tests' (tests/fixtures/history.py): what is timed here is
+# what tests/test_query_plans.py EXPLAINs.
+sys.path.insert(0, str(harness.ROOT))
+from tests.fixtures.history import History, bench_keys  # noqa: E402
 
 
-def history(documents: int) -> str:
-    processes = max(1, documents // DOCS_PER_PROCESS)
-    return HISTORY.format(
-        processes=processes,
+def history(documents: int) -> History:
+    """The history of `documents` documents: their processes, jobs, webhooks, log, queue."""
+    return History(
+        processes=max(1, documents // DOCS_PER_PROCESS),
         docs_per_process=DOCS_PER_PROCESS,
         access_lines=documents,
         queued=max(100, documents // 100),
+        attempts_per_delivery=3,
+        access_spacing_s=1,
+        queue_step_s=-1,
+        texts_every=TEXTS_EVERY,
+        watches=True,
+        endpoints_per_key=2,
     )
 
 
@@ -94,7 +67,10 @@ async def load(dsn: str, documents: int) -> float:
     started = time.perf_counter()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(history(documents))
+        await conn.execute(bench_keys(KEYS))
+        await conn.execute(history(documents).sql())
+        # What autovacuum does in a real deployment after a bulk load: the visibility map set
+        # (index-only scans), hint bits written, statistics current.
         await conn.execute("VACUUM ANALYZE")
     finally:
         await conn.close()
@@ -136,8 +112,11 @@ def hot_paths(processes: int) -> dict[str, Path]:
         await conn.fetch(sql["claim_deliveries"], "bench", 16, 60.0)
 
     async def request_lookup(conn: Any) -> None:
-        row = await conn.fetchrow(acc["visible_process"], middle, 1, False)
-        await conn.fetchrow(sql["covering_active_job"], row["id"] if row else 0, 1, False)
+        # By the key of the process's job (processes and keys are numbered in load order).
+        key = 1 + (processes // 2 + 1) % KEYS
+        row = await conn.fetchrow(acc["visible_process"], middle, key, False)
+        assert row is not None, "the key may not see the process"
+        await conn.fetchrow(sql["covering_active_job"], row["id"], key, False)
 
     return {
         "claim": claim,
@@ -146,33 +125,93 @@ def hot_paths(processes: int) -> dict[str, Path]:
         "job_list_page": job_list_page,
         "webhook_claim": webhook_claim,
         "process_request_lookup": request_lookup,
+        **newer_paths(processes),
     }
 
 
-async def time_paths(dsn: str, documents: int, repeat: int) -> dict[str, float]:
-    """Median milliseconds of each hot path on one database."""
+def newer_paths(processes: int) -> dict[str, Path]:
+    """The search, a watch refresh tick and the endpoint fan-out, where their code is there."""
+    from pdpj_async.db import queries
+
+    paths: dict[str, Path] = {}
+    middle = f"{processes // 2 + 1:020d}"
+
+    async def search(conn: Any) -> None:
+        # A user key (it sees one process in 50) searching a word of every text, through
+        # pdpj_async.search itself (it picks its plan by the estimate of the matches).
+        from pdpj_async.keys import ApiKey
+        from pdpj_async.search import Filters, search
+
+        page = await search(conn, ApiKey(id=7, name="k7", role="user"), "inicial", Filters())
+        assert page.hits, "no hit"
+
+    paths["search"] = search
+    try:
+        watches = queries.load("watches")
+        from pdpj_async.webhooks import events
+    except (ImportError, KeyError, FileNotFoundError) as exc:
+        print(f"watch tick and endpoint fan-out not timed: {exc}", flush=True)
+        return paths
+    queue = queries.load("queue")
+
+    async def watch_tick(conn: Any) -> None:
+        # The due refresh rows claimed; one refresh's watchers stamped, its next slot set.
+        rows = await conn.fetch(queue["claim"], 16, "bench", 60.0, ["refresh"])
+        assert rows, "no refresh due"
+        process_id = await conn.fetchval("SELECT id FROM pdpj.processes WHERE number = $1", middle)
+        await conn.fetch(watches["watchers"], middle, process_id, 0)
+        due = datetime.now(UTC) + timedelta(days=1)
+        await conn.fetch(watches["schedule_refreshes"], [rows[0]["ref"]], [due], -1, 8)
+
+    async def endpoint_fanout(conn: Any) -> None:
+        # A job of the middle process becomes final: its event to every subscribed endpoint.
+        job = await conn.fetchval(
+            "SELECT j.id FROM pdpj.jobs j JOIN pdpj.processes p ON p.id = j.process_id"
+            " WHERE p.number = $1",
+            middle,
+        )
+        ids = await events.emit_job_final(conn, job, public_url="http://x", max_documents=100)
+        assert ids, "no endpoint subscribed"
+
+    paths["watch_refresh_tick"] = watch_tick
+    paths["endpoint_fanout"] = endpoint_fanout
+    return paths
+
+
+async def time_all(dsns: dict[str, str], sizes: dict[str, int], repeat: int) -> dict[str, Any]:
+    """Median milliseconds of each hot path at each size: {size: {path: ms}}.
+
+    The sizes take turns run by run (small, large, then large, small, ...), so that a noisy
+    moment of a shared machine hits both alike; a ratio of two blocks a second apart is the
+    noise's, not the data's."""
     from pdpj_async import db
 
-    pool = await db.create_pool(dsn, min_size=1, max_size=2)
-    paths = hot_paths(max(1, documents // DOCS_PER_PROCESS))
-    medians: dict[str, float] = {}
-    try:
-        async with pool.acquire() as conn:
-            for name, path in paths.items():
-                times = []
-                for i in range(repeat + 5):
-                    tx = conn.transaction()
-                    await tx.start()
-                    started = time.perf_counter()
-                    await path(conn)
-                    elapsed = time.perf_counter() - started
-                    await tx.rollback()
+    pools = {size: await db.create_pool(dsn, min_size=1, max_size=1) for size, dsn in dsns.items()}
+    paths = {size: hot_paths(max(1, n // DOCS_PER_PROCESS)) for size, n in sizes.items()}
+    times: dict[str, dict[str, list[float]]] = {size: {} for size in dsns}
+    async with contextlib.AsyncExitStack() as stack:
+        for pool in pools.values():
+            stack.push_async_callback(pool.close)
+        conns = {s: await stack.enter_async_context(p.acquire()) for s, p in pools.items()}
+        for name in paths["small"]:
+            for i in range(repeat + 5):
+                for size in list(dsns) if i % 2 == 0 else list(reversed(dsns)):
+                    elapsed = await time_once(conns[size], paths[size][name])
                     if i >= 5:  # the first runs warm the caches and the plans
-                        times.append(elapsed * 1000)
-                medians[name] = statistics.median(times)
+                        times[size].setdefault(name, []).append(elapsed)
+    return {size: {n: statistics.median(t) for n, t in by.items()} for size, by in times.items()}
+
+
+async def time_once(conn: Any, path: Path) -> float:
+    """Milliseconds of one run of `path`, in a transaction rolled back afterwards."""
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        started = time.perf_counter()
+        await path(conn)
+        return (time.perf_counter() - started) * 1000
     finally:
-        await pool.close()
-    return medians
+        await tx.rollback()
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -182,18 +221,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"loaded {args.small:,} documents in {load_small:.1f} s", flush=True)
         load_large = await load(large_dsn, args.large)
         print(f"loaded {args.large:,} documents in {load_large:.1f} s", flush=True)
-        # Interleaved, so that a noisy moment of the machine hits both sizes alike.
         small: dict[str, list[float]] = {}
         large: dict[str, list[float]] = {}
+        sizes = {"small": args.small, "large": args.large}
         for _ in range(args.rounds):
-            for name, value in (await time_paths(small_dsn, args.small, args.repeat)).items():
+            medians = await time_all({"small": small_dsn, "large": large_dsn}, sizes, args.repeat)
+            for name, value in medians["small"].items():
                 small.setdefault(name, []).append(value)
-            for name, value in (await time_paths(large_dsn, args.large, args.repeat)).items():
+            for name, value in medians["large"].items():
                 large.setdefault(name, []).append(value)
     result: dict[str, Any] = {}
     for name in small:
         s, big = statistics.median(small[name]), statistics.median(large[name])
-        result[name] = {"small": round(s, 3), "large": round(big, 3), "ratio": round(s / big, 3)}
+        rounds = [round(a / b, 3) for a, b in zip(small[name], large[name], strict=True)]
+        result[name] = {"small": round(s, 3), "large": round(big, 3), "ratio": round(s / big, 3),
+                        "round_ratios": rounds}  # fmt: skip
     result["_meta"] = {
         "small_documents": args.small,
         "large_documents": args.large,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -27,6 +28,7 @@ log = get_logger(__name__)
 _SQL = queries.load("access")
 
 Action = Literal["request", "status", "link", "read"]
+Line = tuple[datetime, int, str, int | None, str | None]
 # Lines kept in memory at most while the database is unreachable (then the oldest are dropped).
 MAX_PENDING = 100_000
 
@@ -86,8 +88,11 @@ class AccessLog:
     def __init__(self, pool: asyncpg.Pool, config: AccessLogConfig) -> None:
         self._pool = pool
         self._config = config
-        self._pending: list[tuple[datetime, int, str, int | None, str | None]] = []
+        # A deque: while the database is away, dropping the oldest line costs O(1), not a
+        # shift of up to MAX_PENDING entries on every request.
+        self._pending: deque[Line] = deque()
         self._flushed = asyncio.Event()
+        # Lines dropped since start (pdpj_async_access_log_dropped_lines_total).
         self.dropped = 0
 
     def record(
@@ -98,14 +103,17 @@ class AccessLog:
         document_uuid: str | None = None,
     ) -> None:
         """Note that `caller` did `action` on a process (or one of its documents) now."""
-        if len(self._pending) >= MAX_PENDING:
-            self._pending.pop(0)
-            self.dropped += 1
         self._pending.append((datetime.now(UTC), caller.id, action, process_id, document_uuid))
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popleft()
+            self.dropped += 1
 
     async def flush(self) -> int:
         """Write what is pending; returns how many lines were written."""
-        lines, self._pending = self._pending, []
+        lines, self._pending = self._pending, deque()
         if not lines:
             return 0
         try:
@@ -113,7 +121,9 @@ class AccessLog:
                 _SQL["append_log"], *(list(c) for c in zip(*lines, strict=True))
             )
         except DB_ERRORS:
-            self._pending[:0] = lines  # tried again at the next flush
+            # Tried again at the next flush, before what came meanwhile; still bounded.
+            self._pending.extendleft(reversed(lines))
+            self._trim()
             raise
         return len(lines)
 

@@ -1,8 +1,8 @@
 """Costs that stay flat: on tables with history in them, no hot path reads a large table whole.
 
-The database is filled with a synthetic history (processes, documents, jobs and their links,
-queue rows, webhook messages and attempts, access-log lines), analysed, and each hot statement
-is EXPLAINed with the values the daemon passes: no sequential scan of a large table may appear.
+The database is filled with the synthetic history of tests/fixtures/history.py (the one that
+bench/scale.py times), analysed, and each hot statement is EXPLAINed with the values the daemon
+passes: no sequential scan of a large table may appear.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from pdpj_async.db import queries
+from tests.fixtures.history import History
 
 PROCESSES = 20_000
 DOCS_PER_PROCESS = 10
@@ -27,52 +28,29 @@ LARGE = {
     "webhook_attempts",
     "access_log",
     "process_access",
+    "document_texts",
 }
 
-HISTORY = f"""
-INSERT INTO pdpj.processes (number, raw, fetched_at)
-SELECT lpad(g::text, 20, '0'), '{{}}', now() - make_interval(days => g % 900)
-FROM generate_series(1, {PROCESSES}) g;
+HISTORY = History(
+    processes=PROCESSES,
+    docs_per_process=DOCS_PER_PROCESS,
+    access_lines=200_000,
+    queued=2000,
+    # Every queued row waits for later: the claim must find that out from an index.
+    queue_step_s=1,
+    texts_every=5,
+    watches=True,
+    endpoints_per_key=2,
+)
 
-INSERT INTO pdpj.documents (process_id, uuid, name, href, raw, status, sequence, sigilo,
-                            storage_key, size, sha256)
-SELECT p.id, p.number || '-' || s, 'doc.pdf', '/x', '{{}}',
-       CASE WHEN s % 7 = 0 THEN 'failed' ELSE 'available' END, s,
-       CASE WHEN s % 13 = 0 THEN 'SIGILOSO' ELSE 'PUBLICO' END,
-       'k/' || p.number || '/' || s, 1000, repeat('a', 64)
-FROM pdpj.processes p, generate_series(1, {DOCS_PER_PROCESS}) s;
 
-INSERT INTO pdpj.jobs (process_id, api_key_id, status, created_at, completed_at,
-                       total_documents, completed_documents)
-SELECT p.id, k.id, 'completed', now() - make_interval(days => p.id::int % 900),
-       now() - make_interval(days => p.id::int % 900), {DOCS_PER_PROCESS}, {DOCS_PER_PROCESS}
-FROM pdpj.processes p CROSS JOIN LATERAL (
-    SELECT id FROM pdpj.api_keys ORDER BY id OFFSET (p.id % 3) LIMIT 1) k;
-
-INSERT INTO pdpj.job_documents (job_id, document_id)
-SELECT j.id, d.id FROM pdpj.jobs j JOIN pdpj.documents d ON d.process_id = j.process_id;
-
-INSERT INTO pdpj.process_access (api_key_id, process_id)
-SELECT DISTINCT api_key_id, process_id FROM pdpj.jobs;
-
-INSERT INTO pdpj.webhook_deliveries (id, job_id, api_key_id, url, event_type, payload, status,
-                                     updated_at, next_attempt_at)
-SELECT 'msg_' || j.id, j.id, j.api_key_id, 'https://h.example/', 'job.completed', '{{}}',
-       'delivered', j.completed_at, j.completed_at
-FROM pdpj.jobs j;
-
-INSERT INTO pdpj.webhook_attempts (delivery_id, attempt, attempted_at, outcome)
-SELECT d.id, a, d.updated_at, 'delivered'
-FROM pdpj.webhook_deliveries d, generate_series(1, 2) a;
-
-INSERT INTO pdpj.access_log (at, api_key_id, action, process_id)
-SELECT now() - make_interval(mins => g), 1 + g % 3, 'status', 1 + g % {PROCESSES}
-FROM generate_series(1, 200000) g;
-
-INSERT INTO pdpj.queue (kind, ref, run_at)
-SELECT 'download', 'd' || g, now() + make_interval(secs => g) FROM generate_series(1, 2000) g;
-
-ANALYZE;
+# Each available document's text row (what the status and the webhook messages join); the
+# history's indexed texts (one in five) stay as they are.
+TEXTS = """
+INSERT INTO pdpj.document_texts (document_id, process_id, status, storage_key, juntada_at)
+SELECT id, process_id, 'available', storage_key || '.txt', now() FROM pdpj.documents
+WHERE status = 'available'
+ON CONFLICT (document_id) DO NOTHING;
 """
 
 
@@ -95,7 +73,10 @@ async def seq_scans_of_large_tables(conn: asyncpg.Connection, sql: str, *args: A
 @pytest.fixture
 async def history(pool: asyncpg.Pool, api_keys: Any) -> asyncpg.Pool:
     async with pool.acquire() as conn:
-        await conn.execute(HISTORY)
+        for statement in HISTORY.statements():
+            await conn.execute(statement)
+        await conn.execute(TEXTS)
+        await conn.execute("ANALYZE")
     return pool
 
 
@@ -108,6 +89,13 @@ async def test_no_hot_path_reads_a_large_table_whole(history: asyncpg.Pool, api_
     process_id = await history.fetchval("SELECT id FROM pdpj.processes WHERE number = $1", number)
     key = api_keys.user.info.id
     now = datetime.now(UTC)
+    job_id = await history.fetchval("SELECT id FROM pdpj.jobs WHERE process_id = $1", process_id)
+    document_ids = [
+        r["id"]
+        for r in await history.fetch(
+            "SELECT id FROM pdpj.documents WHERE process_id = $1", process_id
+        )
+    ]
     hot: dict[str, tuple[str, tuple[Any, ...]]] = {
         "claim": (sql("queue", "claim"), (16, "w1", 60.0, ["download"])),
         "enqueue": (
@@ -124,11 +112,20 @@ async def test_no_hot_path_reads_a_large_table_whole(history: asyncpg.Pool, api_
             (key, None, None, now, "00000000-0000-0000-0000-000000000000", 50),
         ),
         "webhook claim": (sql("webhooks", "claim_deliveries"), ("s1", 16, 60.0)),
+        "webhook documents": (sql("webhooks", "job_documents_for_payload"), (job_id, 1001)),
+        "webhook text links": (sql("text", "text_links"), (document_ids,)),
         "download link": (sql("access", "visible_document"), (f"{number}-3", key, False)),
         "access log by process": (
             sql("access", "read_log"),
             (number, None, None, 100, None, None),
         ),
+        "watch tick: claim": (sql("queue", "claim"), (16, "w1", 60.0, ["refresh"])),
+        "watch tick: watchers": (sql("watches", "watchers"), (number, process_id, 0)),
+        "watch tick: next slot": (
+            sql("watches", "schedule_refreshes"),
+            ([number], [now], -1, 8),
+        ),
+        "endpoint fan-out": (sql("endpoints", "subscribed_endpoints"), (key, "job.completed")),
         "retention: jobs": (sql("retention", "prune_jobs"), (365 * 86400.0, 5000)),
         "retention: access log": (sql("retention", "prune_access_log"), (365 * 86400.0, 5000)),
     }

@@ -178,11 +178,14 @@ class FilesystemWriter(WriterBase):
             await self._settle_inflight()
             self._inflight = self._storage.submit(self._write_out, self._take_batch())
 
-    def _take_batch(self) -> bytes:
-        data = b"".join(self._batch)
-        self._batch.clear()
+    def _take_batch(self) -> list[bytes]:
+        # The chunks as they came, not joined: a join copied every byte once more, on the event
+        # loop's thread (2% of the daemon's samples in an e2e profile); the I/O thread writes
+        # and hashes them one by one, both without the GIL at these sizes.
+        batch = self._batch
+        self._batch = []
         self._batch_size = 0
-        return data
+        return batch
 
     async def _settle_inflight(self) -> None:
         """Wait for the batch being written out; raises its error as StorageError."""
@@ -193,11 +196,12 @@ class FilesystemWriter(WriterBase):
         except OSError as exc:
             raise StorageError(f"cannot write {self.key}: {exc.strerror}") from exc
 
-    def _write_out(self, data: bytes) -> IO[bytes]:
+    def _write_out(self, chunks: list[bytes]) -> IO[bytes]:
         # On the I/O thread: sha256 and the write both release the GIL on large buffers.
         file = self._open()
-        self._hash.update(data)
-        file.write(data)
+        for chunk in chunks:
+            self._hash.update(chunk)
+            file.write(chunk)
         return file
 
     async def _commit(self) -> StoredObject:
@@ -214,7 +218,7 @@ class FilesystemWriter(WriterBase):
             raise StorageError(f"cannot store {self.key}: {exc.strerror}") from exc
         return StoredObject(key=self.key, size=self._size, sha256=sha256, etag=None)
 
-    def _finish(self, rest: bytes) -> str:
+    def _finish(self, rest: list[bytes]) -> str:
         # Ends with the object's directory fsynced, then every directory created for it.
         file = self._write_out(rest)
         assert self._tmp is not None
