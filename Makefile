@@ -25,8 +25,11 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/pdpj-async dev
 
+# Up to 4 test processes (one per core): each starts its own PostgreSQL and S3 server.
+TEST_WORKERS ?= auto --maxprocesses 4
+
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses $(TEST_WORKERS) $(PYTEST_ARGS)
 
 format: install
 	$(VENV)/bin/ruff format pdpj_async tests bench

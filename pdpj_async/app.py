@@ -12,7 +12,9 @@ from aiohttp import web
 
 from . import __version__, db, storage
 from .access import AccessLog
+from .batches import BATCH_KIND, BatchWorker
 from .config import Config, public_url, resolved_data_dir
+from .db.pacing import PacingStore
 from .errors import DatabaseUnavailable
 from .jobs import JobService, webhook_on_final
 from .keys import AuthCache
@@ -23,17 +25,35 @@ from .queue.gate import Gate
 from .queue.table import Queue
 from .queue.workers import WorkerPool
 from .retention import Retention
-from .server import api, appkeys, files, health, metrics, openapi, process_routes, webhook_routes
+from .server import (
+    api,
+    appkeys,
+    batch_routes,
+    endpoint_routes,
+    event_catalogue,
+    files,
+    health,
+    metrics,
+    openapi,
+    process_routes,
+    watch_routes,
+    webhook_routes,
+)
 from .server.middleware import RateLimits, api_middleware
 from .tasks import Supervisor
 from .text import TEXT_KIND
+from .text import store as text_store
 from .text.worker import TextWorker
 from .upstream.client import PdpjClient
+from .upstream.pacing_shared import SharedPacing, pause_note
 from .upstream.tokens import TokenProvider, readiness_reason, token_provider_from_config
+from .watches import ANNOUNCE_KIND, REFRESH_KIND, Announcer, Refresher, WatchService
 from .webhooks.sender import Sender
 from .webhooks.ssrf import UrlGuard
 
 log = get_logger(__name__)
+# Seconds the pool gets to close at shutdown before its connections are cut.
+POOL_CLOSE_TIMEOUT_S = 10.0
 
 
 def instance_id(config: Config) -> str:
@@ -76,10 +96,23 @@ def create_app(
         app.cleanup_ctx.append(sender_ctx)
     api.setup_routes(app)
     process_routes.setup_routes(app)
+    watch_routes.setup_routes(app)
+    endpoint_routes.setup_routes(app)
+    batch_routes.setup_routes(app)
     files.setup_routes(app)
     webhook_routes.setup_routes(app, resolver=url_guard.resolver if url_guard else None)
-    openapi.setup_routes(app, api.all_routes())
+    openapi.setup_routes(app, api.all_routes(), event_catalogue.EVENTS)
     return app
+
+
+async def _close_pool(pool: Any) -> None:
+    """Close the pool, but never wait without end for a connection someone did not give back."""
+    try:
+        # asyncpg's close waits for every acquired connection; a stuck one must not hold the exit.
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("database_pool_close_timed_out", timeout_s=POOL_CLOSE_TIMEOUT_S)
+        pool.terminate()
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -112,7 +145,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await pool.close()
+        await _close_pool(pool)
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
 
@@ -127,13 +160,28 @@ def _upstream_ctx(given: TokenProvider | None) -> Any:
         app[appkeys.TOKENS] = tokens
         app[appkeys.UPSTREAM] = client
         health.add_readiness_check(app, "pdpj_token", _token_check)
+        health.add_readiness_note(app, "pdpj_pacing", lambda _: pause_note(client.pacer))
+        sharing = _share_pacing(app, client, tokens)
         try:
             yield
         finally:
+            await app[appkeys.SUPERVISOR].stop(*sharing)
             await client.close()
             await tokens.stop()
 
     return upstream_ctx
+
+
+def _share_pacing(
+    app: web.Application, client: PdpjClient, tokens: TokenProvider
+) -> list[asyncio.Task[None]]:
+    """Pace PDPJ together with the daemons on this database (unless pdpj.pacing_sync_s is 0)."""
+    config = app[appkeys.CONFIG].pdpj
+    if config.pacing_sync_s <= 0:
+        return []
+    store = PacingStore(app[appkeys.POOL], client.origin, app[appkeys.INSTANCE_ID])
+    shared = SharedPacing(client.pacer, store, tokens.current, tick_s=config.pacing_sync_s)
+    return [app[appkeys.SUPERVISOR].start("pacing-sync", shared.run())]
 
 
 async def _token_check(app: web.Application) -> str | None:
@@ -183,6 +231,7 @@ def _services_ctx(url_guard: UrlGuard | None) -> Any:
             pool, app[appkeys.UPSTREAM], queue, config, on_job_final=hook, access_log=access_log
         )
         app[appkeys.JOBS] = JobService(pool, queue, on_job_final=hook, access_log=access_log)
+        app[appkeys.WATCHES] = WatchService(pool, queue, config)
         app[appkeys.GATE] = Gate()
         supervisor = app[appkeys.SUPERVISOR]
         writer = supervisor.start("access-log", access_log.run())
@@ -220,6 +269,29 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     texts = TextWorker(app[appkeys.POOL], app[appkeys.STORAGE], app[appkeys.UPSTREAM], config.text)
     pool.register(TEXT_KIND, texts.handle, on_final_failure=texts.on_final_failure, gate=texts.gate)
+    # Watched processes: their refreshes (behind the upstream gate, as downloads) and the
+    # process.updated events that wait for new documents.
+    refresher = Refresher(
+        app[appkeys.POOL],
+        app[appkeys.QUEUE],
+        app[appkeys.UPSTREAM],
+        config,
+        public_url=app[appkeys.PUBLIC_URL],
+    )
+    pool.register(
+        REFRESH_KIND,
+        refresher.handle,
+        on_final_failure=refresher.on_final_failure,
+        gate=app[appkeys.GATE],
+    )
+    announcer = Announcer(app[appkeys.POOL], app[appkeys.QUEUE], config.watches)
+    pool.register(ANNOUNCE_KIND, announcer.handle)
+    # Bulk requests: each item runs the single request's path (behind the upstream gate).
+    items = BatchWorker(app[appkeys.POOL], app[appkeys.PROCESSES], app[appkeys.PUBLIC_URL])
+    pool.register(
+        BATCH_KIND, items.handle, on_final_failure=items.on_final_failure, gate=app[appkeys.GATE]
+    )
+    app[appkeys.REFRESHER] = refresher
     app[appkeys.WORKERS] = pool
     app[appkeys.DOWNLOADER] = downloader
     histogram = app[metrics.METRICS].download_seconds
@@ -246,6 +318,8 @@ async def sender_ctx(app: web.Application) -> AsyncIterator[None]:
             if doc.get("status") == "available":
                 key = storage.object_key(prefix, digits, doc["uuid"], doc["name"])
                 doc["download_url"] = store.download_url(key)  # the object has its name
+        # The texts as they are now (most are still pending when a job ends), links signed.
+        await text_store.link_texts(app[appkeys.POOL], store, payload.get("documents", []))
         return payload
 
     sender = Sender(

@@ -36,6 +36,8 @@ class HttpConfig(_Section, frozen=True):
     # Base URL clients reach us at; used in status_url and signed download URLs.
     public_url: str = ""
     max_body_bytes: int = 65536
+    # The bulk routes' bodies (up to 10,000 numbers: about 300 KB as JSON).
+    max_bulk_body_bytes: int = 1_048_576
     # Largest request line / header a client may send.
     max_line_size: int = 8190
     max_field_size: int = 8190
@@ -86,7 +88,16 @@ class PdpjConfig(_Section, frozen=True):
     read_timeout_s: float = 60.0
     # Global cap on concurrent upstream requests.
     max_concurrency: int = 32
-    # Politeness cap; 0 disables it.
+    # Adaptive pacing (README "How pdpj-async paces PDPJ"): the rate per token, all daemons
+    # together, is found between the floor and the polite ceiling; it starts at the start rate.
+    max_requests_per_second: float = 50.0
+    min_requests_per_second: float = 1.0
+    start_requests_per_second: float = 8.0
+    # A 429/503 without Retry-After pauses the token this long.
+    busy_pause_s: float = 1.0
+    # Seconds between exchanges of the pacing state through the database (0: this daemon alone).
+    pacing_sync_s: float = 0.25
+    # Deprecated: a fixed cap, now folded into the ceiling (the lower of the two); 0: unset.
     requests_per_second: float = 0.0
     # A bearer token given directly (prefer token_file or the refresh grant).
     token: str = ""
@@ -104,6 +115,13 @@ class PdpjConfig(_Section, frozen=True):
     token_poll_s: float = 1.0
     # Longest wait a PDPJ Retry-After may impose on a download (keep <= queue.backoff_cap_s).
     retry_after_cap_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_requests_per_second <= self.max_requests_per_second:
+            raise ValueError(
+                "pdpj.min_requests_per_second: must be above 0 and at most "
+                "pdpj.max_requests_per_second"
+            )
 
 
 class QueueConfig(_Section, frozen=True):
@@ -221,6 +239,20 @@ class TextConfig(_Section, frozen=True):
     search_candidates: int = 300
 
 
+class WatchesConfig(_Section, frozen=True):
+    # A watch's refresh interval when the client names none, and the shortest it may name.
+    default_interval_s: int = 86400
+    min_interval_s: int = 3600
+    # A new watch's first fetch comes within this many seconds (spread: no herd after a bulk).
+    first_fetch_spread_s: float = 300.0
+    # Each due time moves by up to this share of the interval, either way (capped at 5 min).
+    jitter_share: float = 0.002
+    # A process.updated whose new documents are still downloading is looked at again after
+    # this many seconds (growing to 12 times it), and sent as it is after announce_max_wait_s.
+    announce_poll_s: float = 5.0
+    announce_max_wait_s: float = 21600.0
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     daemon: DaemonConfig = DaemonConfig()
     http: HttpConfig = HttpConfig()
@@ -235,6 +267,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
     text: TextConfig = TextConfig()
+    watches: WatchesConfig = WatchesConfig()
 
 
 _PATH_RE = re.compile(r" - at `\$((?:\.\w+|\[\d+\])*)`$")

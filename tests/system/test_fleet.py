@@ -113,8 +113,9 @@ async def test_sigterm_exits_zero_and_another_daemon_takes_over_at_once(
     unused_tcp_port_factory: Any,
 ) -> None:
     number = make_number(7601)
-    # Downloads far longer than the grace period, and a lease far longer than the test.
-    docs = await sandbox.override(number, documents=[{"size": 600_000}] * 4)
+    # Downloads far longer than the grace period (and than starting a second daemon on a busy
+    # machine: 20 s each), and a lease far longer than the test.
+    docs = await sandbox.override(number, documents=[{"size": 2_000_000}] * 4)
     await sandbox.fault(number=number, bandwidth_bps=100_000)
     key = await keys.create_key(pool, "graceful", "user")
     ports = {slot: unused_tcp_port_factory() for slot in "ab"}
@@ -149,6 +150,9 @@ async def test_sigterm_exits_zero_and_another_daemon_takes_over_at_once(
         assert await first.wait_exit(timeout=15) == 0, first.tail()
         # Within the grace period plus the time to close cleanly.
         assert loop.time() - sent < 10
+        # a stopped mid-download: b takes the rows over, at 2 s a document instead of 20.
+        await sandbox.clear_faults()
+        await sandbox.fault(number=number, bandwidth_bps=1_000_000)
         # The released rows are claimed by b within seconds (a NOTIFY, not its 60 s poll,
         # and not the 120 s lease).
         async with asyncio.timeout(10):
