@@ -11,7 +11,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from . import access, batches, cnj, states
+from . import access, batches, cnj, db, states
 from .config import Config, public_url
 from .db import queries, transaction
 from .errors import Conflict, InvalidRequest, NotFound
@@ -123,15 +123,17 @@ class JobService:
         after: tuple[datetime | None, UUID | None] = (None, None)
         if cursor:
             after = _decode_cursor(cursor)
-        rows = await self._pool.fetch(
-            _JOBS["list_jobs"],
-            None if caller.is_admin else caller.id,
-            status,
-            process.digits if process else None,
-            after[0],
-            after[1],
-            limit + 1,
-        )
+        # Which filters are off changes the best plan: a cached generic one seq-scans jobs.
+        async with db.custom_plans(self._pool) as conn:
+            rows = await conn.fetch(
+                _JOBS["list_jobs"],
+                None if caller.is_admin else caller.id,
+                status,
+                process.digits if process else None,
+                after[0],
+                after[1],
+                limit + 1,
+            )
         page = rows[:limit]
         next_cursor = None
         if len(rows) > limit:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Literal
 
-import asyncpg
 import msgspec
 
+from . import db
 from .db import Executor, queries
 from .errors import InvalidRequest
 from .keys import ApiKey
@@ -97,19 +95,6 @@ def decode_cursor(cursor: str | None) -> tuple[float, int] | tuple[None, None]:
     return rank, document_id
 
 
-@contextlib.asynccontextmanager
-async def _custom_plans(conn: Executor) -> AsyncIterator[Executor]:
-    """A transaction planning each statement for its own values: a generic (cached) plan
-    cannot tell a common word from a rare one, nor an admin from a key with few processes."""
-    async with contextlib.AsyncExitStack() as stack:
-        if isinstance(conn, asyncpg.Pool):
-            conn = await stack.enter_async_context(conn.acquire())
-        assert not isinstance(conn, asyncpg.Pool)
-        await stack.enter_async_context(conn.transaction())
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        yield conn
-
-
 async def search(
     conn: Executor,
     caller: ApiKey,
@@ -124,7 +109,7 @@ async def search(
     """A page of ranked hits among the documents `caller` may see (`plan`: for tests)."""
     after_rank, after_id = decode_cursor(cursor)
     normalised = parse_query(query)
-    async with _custom_plans(conn) as tx:
+    async with db.custom_plans(conn) as tx:
         if plan == "auto":
             plan = "walk" if await _walk_pays(tx, normalised, candidates) else "index"
         ids = await _candidates(tx, plan, caller, normalised, filters, candidates)

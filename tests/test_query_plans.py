@@ -14,7 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from pdpj_async import db
+from pdpj_async.config import QueueConfig
 from pdpj_async.db import queries
+from pdpj_async.jobs import JobService
+from pdpj_async.keys import ApiKey
+from pdpj_async.queue.table import Queue
 from tests.fixtures.history import History
 
 PROCESSES = 20_000
@@ -135,3 +140,24 @@ async def test_no_hot_path_reads_a_large_table_whole(history: asyncpg.Pool, api_
             for name, (statement, args) in hot.items()
         }
     assert {name: tables for name, tables in found.items() if tables} == {}
+
+
+async def test_listing_jobs_again_and_again_keeps_planning_for_its_filters(
+    db_dsn: str, api_keys: Any
+) -> None:
+    # One connection, so that every call meets the same prepared statement.
+    pool = await db.create_pool(db_dsn, min_size=1, max_size=1)
+    try:
+        service = JobService(pool, Queue(pool, QueueConfig(), "test"))
+        caller = ApiKey(id=api_keys.user.info.id, name="user", role="user")
+        for _ in range(8):
+            await service.list(caller, "http://127.0.0.1")
+        plans = await pool.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+            sql("jobs", "list_jobs"),
+        )
+    finally:
+        await pool.close()
+    # PostgreSQL would switch to a generic plan after five runs: one plan for every filter.
+    assert plans and sum(p["custom_plans"] for p in plans) >= 8
+    assert all(p["generic_plans"] == 0 for p in plans)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -122,6 +123,22 @@ async def create_pool(
 async def transaction(pool: asyncpg.Pool) -> AsyncIterator[PoolConnectionProxy]:
     """A connection from the pool inside one transaction."""
     async with pool.acquire() as conn, conn.transaction():
+        yield conn
+
+
+@asynccontextmanager
+async def custom_plans(conn: Executor) -> AsyncIterator[Connection]:
+    """A transaction that plans each statement for its own values.
+
+    After five runs PostgreSQL may keep a prepared statement's generic plan, which cannot tell
+    a common search word from a rare one, an admin from a key with few processes, or which of
+    the `$n IS NULL OR ...` filters of a list are off (a sequential scan where an index fits).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(conn, asyncpg.Pool):
+            conn = await stack.enter_async_context(conn.acquire())
+        await stack.enter_async_context(conn.transaction())
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
         yield conn
 
 
