@@ -18,7 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from pdpj_async.app import create_app
 from pdpj_async.config import Config
 from pdpj_async.db import Executor
-from pdpj_async.webhooks import outbox
+from pdpj_async.webhooks import events, outbox
 from tests.fixtures.app import Keys, make_config
 from tests.fixtures.receiver import Receiver, Reply
 
@@ -83,10 +83,9 @@ async def queue_job_webhook(
     """A final job and its webhook in the outbox, in one transaction (as the job code does)."""
     async with pool.acquire() as conn, conn.transaction():
         job_id = await make_job(conn, api_key_id, url, documents, **kw)
-        delivery_id = await outbox.enqueue_job_webhook(
+        (delivery_id,) = await events.emit_job_final(
             conn, job_id, public_url=PUBLIC_URL, max_documents=1000
         )
-    assert delivery_id is not None
     return delivery_id
 
 
@@ -160,19 +159,15 @@ async def test_outbox_row_exists_only_if_the_transaction_commits(
 
 async def queue_job_webhook_in(conn: Executor, api_key_id: int) -> str:
     job_id = await make_job(conn, api_key_id, "https://h.example/", ["available"])
-    delivery_id = await outbox.enqueue_job_webhook(
+    (delivery_id,) = await events.emit_job_final(
         conn, job_id, public_url=PUBLIC_URL, max_documents=10
     )
-    assert delivery_id is not None
     return delivery_id
 
 
 async def test_job_without_url_gets_no_delivery(pool: asyncpg.Pool, api_keys: Keys) -> None:
     job_id = await make_job(pool, api_keys.user.info.id, None, ["available"])
-    assert (
-        await outbox.enqueue_job_webhook(pool, job_id, public_url=PUBLIC_URL, max_documents=5)
-        is None
-    )
+    assert await events.emit_job_final(pool, job_id, public_url=PUBLIC_URL, max_documents=5) == []
 
 
 async def test_enqueue_wakes_listeners_on_commit(

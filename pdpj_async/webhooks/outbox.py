@@ -188,27 +188,6 @@ async def enqueue_delivery(
     return delivery_id
 
 
-async def enqueue_job_webhook(
-    conn: Executor, job_id: UUID | str, *, public_url: str, max_documents: int
-) -> str | None:
-    """Queue the webhook of a job that just became final; None when the job has no URL."""
-    job = await conn.fetchrow(_SQL["job_for_payload"], _uuid(job_id))
-    if job is None:
-        raise NotFound(f"no job {job_id}")
-    if not job["webhook_url"]:
-        return None
-    documents = await conn.fetch(_SQL["job_documents_for_payload"], job["id"], max_documents + 1)
-    payload = build_job_payload(job, documents, public_url=public_url, max_documents=max_documents)
-    return await enqueue_delivery(
-        conn,
-        job_id=job["id"],
-        api_key_id=job["api_key_id"],
-        url=job["webhook_url"],
-        event_type=payload["type"],
-        payload=payload,
-    )
-
-
 async def redeliver(conn: Executor, delivery_id: str, *, owner_id: int | None = None) -> Delivery:
     """Queue a fresh round of attempts with the same webhook-id; owner_id None means any owner."""
     if await conn.fetchval(_SQL["redeliver"], delivery_id, owner_id) is None:
