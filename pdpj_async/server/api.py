@@ -8,7 +8,6 @@ import functools
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar, get_args
-from uuid import UUID
 
 import msgspec
 from aiohttp import web
@@ -23,6 +22,7 @@ from ..webhooks import outbox
 from . import admin, appkeys, process_routes, search_routes
 from .middleware import caller
 from .openapi import Operation, Param, Route
+from .params import path_uuid
 from .problems import Problem
 
 _encode = msgspec.json.Encoder().encode
@@ -67,14 +67,6 @@ def _bool_param(request: web.Request, name: str, default: bool) -> bool:
 
 def _process_number(request: web.Request) -> cnj.ProcessNumber:
     return cnj.parse(request.match_info["number"])
-
-
-def _job_id(request: web.Request) -> UUID:
-    raw = request.match_info["job_id"]
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise NotFound(f"no job {raw[:64]!r}") from None
 
 
 async def get_process(request: web.Request) -> web.Response:
@@ -278,7 +270,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     """One job with its webhook deliveries."""
     jobs = request.app[appkeys.JOBS]
-    view = await jobs.get(caller(request), _job_id(request), base_url(request))
+    view = await jobs.get(caller(request), path_uuid(request, "job_id", "job"), base_url(request))
     deliveries = await outbox.deliveries_for_job(request.app[appkeys.POOL], view.job_id)
     fields = {f: getattr(view, f) for f in view.__struct_fields__}
     return json_response(JobDetail(**fields, deliveries=deliveries))
@@ -287,7 +279,7 @@ async def get_job(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     """Cancel an active job."""
     view = await request.app[appkeys.JOBS].cancel(
-        caller(request), _job_id(request), base_url(request)
+        caller(request), path_uuid(request, "job_id", "job"), base_url(request)
     )
     return json_response(view)
 
@@ -295,7 +287,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def retry_job(request: web.Request) -> web.Response:
     """Queue a job's failed documents again."""
     view = await request.app[appkeys.JOBS].retry(
-        caller(request), _job_id(request), base_url(request)
+        caller(request), path_uuid(request, "job_id", "job"), base_url(request)
     )
     return json_response(view, status=202)
 

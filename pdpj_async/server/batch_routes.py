@@ -11,13 +11,14 @@ from aiohttp import web
 from .. import batches
 from ..batches import BatchOptions, BatchView
 from ..db import transaction
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest
 from . import appkeys, bulk_input
 from .bulk_input import BulkLine
 from .idempotency import PARAM as IDEMPOTENCY_KEY
 from .idempotency import idempotent
 from .middleware import caller
 from .openapi import Operation, Param, Route
+from .params import path_uuid
 from .problems import Problem
 
 _encode = msgspec.json.Encoder().encode
@@ -93,11 +94,7 @@ async def bulk_processes(request: web.Request) -> web.Response:
 
 async def get_batch(request: web.Request) -> web.Response:
     """A batch's aggregate progress (the caller's own; an admin's: any)."""
-    raw = request.match_info["batch_id"]
-    try:
-        batch_id = UUID(raw)
-    except ValueError:
-        raise NotFound(f"no batch {raw[:64]!r}") from None
+    batch_id = path_uuid(request, "batch_id", "batch")
     who = caller(request)
     view = await batches.view(
         request.app[appkeys.POOL], batch_id, _base_url(request), None if who.is_admin else who.id

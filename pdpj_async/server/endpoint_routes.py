@@ -8,7 +8,7 @@ from uuid import UUID
 import msgspec
 from aiohttp import web
 
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest
 from ..webhooks import endpoints
 from ..webhooks.endpoints import Endpoint, EndpointList, NewSecret
 from . import appkeys
@@ -16,6 +16,7 @@ from .idempotency import PARAM as IDEMPOTENCY_KEY
 from .idempotency import idempotent
 from .middleware import caller
 from .openapi import Operation, Param, Route
+from .params import path_uuid
 from .problems import Problem
 
 _encode = msgspec.json.Encoder().encode
@@ -35,11 +36,7 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def _endpoint_id(request: web.Request) -> UUID:
-    raw = request.match_info["endpoint_id"]
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise NotFound(f"no webhook endpoint {raw[:64]!r}") from None
+    return path_uuid(request, "endpoint_id", "webhook endpoint")
 
 
 async def create_endpoint(request: web.Request) -> web.Response:
