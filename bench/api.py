@@ -36,8 +36,7 @@ from typing import Any
 
 import harness
 
-from pdpj_async import db, keys, storage
-from pdpj_async.cnj import expected_check_digits
+from pdpj_async import cnj, db, keys, storage
 from pdpj_async.config import decode_config
 
 RESULT = harness.RESULTS / "api.json"
@@ -84,15 +83,7 @@ uvloop.run(main())
 
 def cnj_number(sequence: int) -> str:
     """A valid 20-digit CNJ number (TJSP, 2024)."""
-    seq, year, segment, court, origin = f"{sequence:07d}", "2024", "8", "26", "0100"
-    return (
-        seq
-        + expected_check_digits(seq, year, segment, court, origin)
-        + year
-        + segment
-        + court
-        + origin
-    )
+    return cnj.compose(sequence, "2024", "8", "26", "0100")
 
 
 async def populate(dsn: str, n_keys: int) -> tuple[list[str], dict[int, str]]:

@@ -32,8 +32,7 @@ import aiohttp
 import asyncpg
 import harness
 
-from pdpj_async import db, keys
-from pdpj_async.cnj import expected_check_digits
+from pdpj_async import cnj, db, keys
 from pdpj_async.config import decode_config
 
 RESULT = harness.RESULTS / "capacity.json"
@@ -49,15 +48,7 @@ TIMEOUT_S = 180.0
 
 def cnj_number(sequence: int) -> str:
     """A valid 20-digit CNJ number (TJMT, 2025)."""
-    seq, year, segment, court, origin = f"{sequence:07d}", "2025", "8", "11", "0041"
-    return (
-        seq
-        + expected_check_digits(seq, year, segment, court, origin)
-        + year
-        + segment
-        + court
-        + origin
-    )
+    return cnj.compose(sequence, "2025", "8", "11", "0041")
 
 
 async def _post(http: aiohttp.ClientSession, url: str, body: Any) -> Any:

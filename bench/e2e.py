@@ -43,7 +43,7 @@ import harness
 from aiohttp import web
 
 from pdpj_async import db, keys
-from pdpj_async.cnj import expected_check_digits, parse
+from pdpj_async.cnj import compose, parse
 from pdpj_async.config import decode_config
 
 RESULT = harness.RESULTS / "e2e.json"
@@ -69,9 +69,7 @@ PACING = {"start_requests_per_second": 2000.0, "max_requests_per_second": 2000.0
 
 def cnj_number(sequence: int) -> str:
     """A valid 20-digit CNJ number (TJSP, 2024)."""
-    seq, year, segment, court, origin = f"{sequence:07d}", "2024", "8", "26", "0100"
-    dd = expected_check_digits(seq, year, segment, court, origin)
-    return seq + dd + year + segment + court + origin
+    return compose(sequence, "2024", "8", "26", "0100")
 
 
 def workload(

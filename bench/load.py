@@ -31,8 +31,7 @@ from pdpj_async.sandbox.data import DocumentOverride, ProcessOverride
 
 
 def number(i: int) -> str:
-    seq = f"{i:07d}"
-    return f"{seq}-{cnj.expected_check_digits(seq, '2025', '8', '26', '0100')}.2025.8.26.0100"
+    return cnj.parse(cnj.compose(i, "2025", "8", "26", "0100")).masked
 
 
 class Client:

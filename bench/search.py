@@ -187,12 +187,7 @@ async def _processes(pool: Any, count: int) -> list[int]:
     """`count` processes with valid numbers; their ids in order."""
     from pdpj_async import cnj
 
-    numbers = []
-    for i in range(count):
-        seq = f"{i:07d}"
-        numbers.append(
-            f"{seq}{cnj.expected_check_digits(seq, '2024', '8', '26', '0100')}20248260100"
-        )
+    numbers = [cnj.compose(i, "2024", "8", "26", "0100") for i in range(count)]
     async with pool.acquire() as conn:
         await conn.copy_records_to_table(
             "processes",

@@ -50,12 +50,7 @@ LIMIT 50
 
 def numbers(count: int) -> list[str]:
     """`count` valid CNJ numbers (TJSP, 2025), bare digits."""
-    found = []
-    for seq in range(1, count + 1):
-        sequence = f"{seq:07d}"
-        check = cnj.expected_check_digits(sequence, "2025", "8", "26", "0100")
-        found.append(f"{sequence}{check}20258260100")
-    return found
+    return [cnj.compose(seq, "2025", "8", "26", "0100") for seq in range(1, count + 1)]
 
 
 async def bulk_calls(base: str, key: str, portfolio: list[str]) -> list[float]:

@@ -75,6 +75,19 @@ def expected_check_digits(sequence: str, year: str, segment: str, court: str, or
     return f"{98 - base % 97:02d}"
 
 
+def compose(sequence: int | str, year: str, segment: str, court: str, origin: str) -> str:
+    """The 20 digits of a valid number: the parts, with their check digits after the sequence."""
+    seq = sequence if isinstance(sequence, str) else f"{sequence:07d}"
+    return (
+        seq
+        + expected_check_digits(seq, year, segment, court, origin)
+        + year
+        + segment
+        + court
+        + origin
+    )
+
+
 def parse(text: str) -> ProcessNumber:
     """Parse the bare or the masked form; raises InvalidProcessNumber saying what is wrong."""
     if not isinstance(text, str) or not text.strip():

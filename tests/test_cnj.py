@@ -91,3 +91,9 @@ def test_digits_of_other_scripts_are_refused_in_every_form(script: str, form: st
         cnj.parse(text)
     assert info.value.reason == "characters"
     assert "0-9" in str(info.value)
+
+
+def test_composed_numbers_are_valid_and_keep_their_parts() -> None:
+    digits = cnj.compose(801234, "2024", "8", "26", "0100")
+    assert digits == "08012343820248260100"
+    assert cnj.parse(digits).masked == "0801234-38.2024.8.26.0100"

@@ -31,12 +31,7 @@ CHANGED = 37
 
 def numbers(count: int, start: int = 1) -> list[str]:
     """`count` valid CNJ numbers (TJSP, 2025), bare digits."""
-    found = []
-    for seq in range(start, start + count):
-        sequence = f"{seq:07d}"
-        check = cnj.expected_check_digits(sequence, "2025", "8", "26", "0100")
-        found.append(f"{sequence}{check}20258260100")
-    return found
+    return [cnj.compose(seq, "2025", "8", "26", "0100") for seq in range(start, start + count)]
 
 
 def unpaced() -> dict[str, Any]:

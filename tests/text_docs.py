@@ -64,9 +64,7 @@ class Corpus:
 
     async def process(self, *, key_ids: tuple[int, ...] = ()) -> tuple[int, str]:
         """A new process (id, number) that the given keys may see."""
-        sequence = f"{next(_numbers):07d}"
-        check = cnj.expected_check_digits(sequence, "2024", "8", "26", "0100")
-        number = f"{sequence}{check}20248260100"
+        number = cnj.compose(next(_numbers), "2024", "8", "26", "0100")
         pid = await self.pool.fetchval(
             "INSERT INTO pdpj.processes (number, raw) VALUES ($1, '{}') RETURNING id", number
         )

@@ -97,10 +97,8 @@ def related(rng: random.Random, number: cnj.ProcessNumber) -> list[dict[str, Any
     """Zero to two related processes of the same court (valid CNJ numbers)."""
     found = []
     for _ in range(rng.choice([0, 0, 1, 2])):
-        sequence = _digits(rng, 7)
         parts = (number.year, number.segment, number.court, number.origin)
-        check = cnj.expected_check_digits(sequence, *parts)
-        digits = sequence + check + "".join(parts)
+        digits = cnj.compose(_digits(rng, 7), *parts)
         found.append({"numeroProcesso": cnj.parse(digits).masked})
     return found
 

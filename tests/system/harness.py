@@ -25,9 +25,7 @@ FINAL_JOB = {"completed", "failed", "cancelled"}
 
 def make_number(sequence: int, court: str = "26", origin: str = "0100") -> str:
     """A valid masked CNJ number (state court `court`, year 2025) for a sequence."""
-    seq = f"{sequence:07d}"
-    check = cnj.expected_check_digits(seq, "2025", "8", court, origin)
-    return f"{seq}-{check}.2025.8.{court}.{origin}"
+    return cnj.parse(cnj.compose(sequence, "2025", "8", court, origin)).masked
 
 
 def daemon_config(
