@@ -68,3 +68,17 @@ class Supervisor:
         log.error("background_task_died", task=name, error=error)
         if not self.died.done():
             self.died.set_result(name)
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:  # noqa: ASYNC109
+    """Wait for `event` at most `timeout` seconds (None: no limit); True when it was set.
+
+    asyncio.timeout, not asyncio.wait_for: on Python 3.11 wait_for swallows a cancel that lands
+    just as the event is set, and the cancelled task runs on (a stopped loop keeps looping).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

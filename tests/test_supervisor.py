@@ -13,7 +13,7 @@ import structlog
 
 from pdpj_async import daemon
 from pdpj_async.config import Config, PdpjConfig
-from pdpj_async.tasks import Supervisor
+from pdpj_async.tasks import Supervisor, wait_event
 from tests.fixtures.app import stack_config
 from tests.fixtures.sandbox import Sandbox
 
@@ -106,3 +106,28 @@ async def test_killing_a_supervised_task_makes_serve_exit_non_zero_naming_it(
     assert [e["task"] for e in died] == [name]
     exiting = [e for e in logs if e["event"] == "daemon_exiting"]
     assert exiting and exiting[0]["task"] == name
+
+
+async def test_a_cancel_landing_as_the_awaited_event_is_set_still_stops_the_waiter() -> None:
+    # Python 3.11's asyncio.wait_for returns normally here, and a stopped loop ran on.
+    event, ran_on = asyncio.Event(), []
+
+    async def loop_body() -> None:
+        await wait_event(event, 10.0)
+        ran_on.append(True)
+
+    task = asyncio.create_task(loop_body())
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    event.set()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ran_on == []
+
+
+async def test_wait_event_says_whether_the_event_came_or_the_time_ran_out() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    event.set()
+    assert await wait_event(event, 0.01) is True

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from ..logs import get_logger
+from ..tasks import wait_event
 from . import DB_ERRORS
 
 log = get_logger(__name__)
@@ -70,8 +71,7 @@ async def listen_forever(
                 on_listening()
                 log.info("listening", listener=name, channels=sorted(channels))
                 while not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), check_every_s)
+                    await wait_event(lost, check_every_s)
                 log.warning("listener_lost", listener=name, error="connection closed")
         except DB_ERRORS as exc:
             log.warning("listener_lost", listener=name, error=str(exc), retry_in_s=pause)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import ipaddress
 import os
@@ -23,7 +22,7 @@ import msgspec
 from .. import logs
 from ..config import PdpjConfig
 from ..errors import ConfigError
-from ..tasks import Supervisor
+from ..tasks import Supervisor, wait_event
 
 log = logs.get_logger(__name__)
 
@@ -128,8 +127,7 @@ class TokenProvider:
                 return False
             # Only a new token makes the state valid again; the tick re-checks the deadline.
             tick = 1.0 if remaining is None else min(remaining, 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), tick)
+            await wait_event(changed, tick)
         return True
 
     def _set(self, token: str | None, *, source: str) -> bool:
@@ -266,10 +264,7 @@ class RefreshTokenProvider(TokenProvider):
             delay = self._delay()
             if delay > 0:
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._wake.wait(), None if delay == float("inf") else delay
-                    )
+                await wait_event(self._wake, None if delay == float("inf") else delay)
             self._wake.clear()
             try:
                 await self.refresh()
@@ -278,8 +273,7 @@ class RefreshTokenProvider(TokenProvider):
             if self._delay() > 0:
                 continue
             # A failed grant, or a token that lives less than the margin: do not spin.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), REFRESH_RETRY_S)
+            await wait_event(self._wake, REFRESH_RETRY_S)
 
     async def refresh(self) -> None:
         """Run the refresh grant once; raises ValueError when the endpoint refuses it."""

@@ -18,7 +18,7 @@ from ..config import WebhooksConfig
 from ..db import DB_ERRORS, queries
 from ..db.listen import dedicated, listen_forever
 from ..logs import get_logger
-from ..tasks import Supervisor
+from ..tasks import Supervisor, wait_event
 from .client import AttemptResult, WebhookClient
 from .outbox import NOTIFY_CHANNEL, signing_secrets
 from .ssrf import Resolver
@@ -182,9 +182,7 @@ class Sender:
             except DB_ERRORS as exc:
                 # The database is away (restart, network): wait and try again, never die of it.
                 log.warning("webhook_claim_failed", error=str(exc), retry_in_s=backoff)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(backoff):
-                        await self._stopping.wait()
+                await wait_event(self._stopping, backoff)
                 backoff = min(backoff * 2, 5.0)
 
     def _wanted(self) -> int:
@@ -219,11 +217,7 @@ class Sender:
             due = await self.pool.fetchval(_SQL["seconds_to_next_due"])
             if due is not None:
                 wait = min(wait, max(due, 0.0) + 0.005)
-        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancel that lands as the event
-        # is set, and the sender then runs on after being killed (test_supervisor caught it).
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._wake.wait()
+        await wait_event(self._wake, wait)
 
     async def _release_unsent(self) -> None:
         rows, self._claimed = list(self._claimed), deque()
@@ -299,9 +293,7 @@ class Sender:
             if not self._closing:
                 # Let a few more attempts join the batch: one statement per batch rather than per
                 # attempt is what keeps PostgreSQL off the critical path; the rows stay leased.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RECORD_WAIT_S):
-                        await self._finished_full.wait()
+                await wait_event(self._finished_full, RECORD_WAIT_S)
             batch, self._finished = self._finished, []
             self._finished_waiting.clear()
             self._finished_full.clear()
