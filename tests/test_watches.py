@@ -334,6 +334,29 @@ async def test_the_download_policy_decides_what_is_fetched_and_what_each_event_l
     assert (await sandbox.stats())["documents"][uuid]["completed"] == 1
 
 
+async def test_an_update_with_more_new_items_than_a_payload_holds_lists_the_first_and_says_so(
+    stack_factory: StackFactory, sandbox: Sandbox, pool: asyncpg.Pool, receiver: Receiver
+) -> None:
+    stack = await stack_factory(
+        queue={"workers": 8}, pdpj=unpaced(), webhooks={"max_documents_in_payload": 2},
+        watches={"first_fetch_spread_s": 0.2, "announce_poll_s": 0.1},
+    )  # fmt: skip
+    [number] = numbers(1, start=6000)
+    await watch_with(stack, number, stack.keys.user, download="none", webhook_url=receiver.url)
+    await wait_until(pool, ALL_REFRESHED, 1)
+    await wait_until(pool, ROUND_DONE)
+    docs = await sandbox.add_documents(number, count=3)
+    await sandbox.add_movements(number, count=4)
+    await scheduler.refresh_now(pool)
+    [message] = await receiver.wait_for(1)
+    event = message.json()
+    uuids = [d["hrefBinario"].split("/")[-2] for d in docs]
+    assert len(event["documents"]) == 2 and {d["uuid"] for d in event["documents"]} < set(uuids)
+    assert event["documents_truncated"] is True
+    assert len(event["new_movements"]) == 2 and event["movements_truncated"] is True
+    assert event["fields_truncated"] is False
+
+
 async def test_a_process_pdpj_does_not_know_fails_the_watch_with_the_reason(
     stack: Stack, sandbox: Sandbox, pool: asyncpg.Pool, receiver: Receiver
 ) -> None:

@@ -130,20 +130,27 @@ def build_update(
     *,
     public_url: str,
     recorded_at: datetime,
+    max_items: int,
 ) -> ProcessUpdated:
-    """The process.updated of one watcher: the new items as its key may see them."""
-    docs = [_document(watcher, d, rows.get(d.uuid)) for d in found.new_documents]
+    """The process.updated of one watcher: the new items as its key may see them, each list
+    cut at `max_items`."""
+    new_docs = found.new_documents[:max_items]
+    docs = [_document(watcher, d, rows.get(d.uuid)) for d in new_docs]
     restricted = {d.uuid for d in docs if d.restricted}
+    fields = _fields(watcher, found.changed_fields, restricted)
     status_url, watch_url = urls(public_url, number)
     return ProcessUpdated(
         process_number=number.masked,
         number_digits=number.digits,
         recorded_at=recorded_at,
-        new_movements=found.new_movements,
+        new_movements=found.new_movements[:max_items],
         documents=docs,
-        changed_fields=_fields(watcher, found.changed_fields, restricted),
+        changed_fields=fields[:max_items],
         status_url=status_url,
         watch_url=watch_url,
+        movements_truncated=len(found.new_movements) > max_items,
+        documents_truncated=len(found.new_documents) > max_items,
+        fields_truncated=len(fields) > max_items,
     )
 
 
@@ -161,13 +168,17 @@ async def send_updates(
     rows: Mapping[str, Row],
     *,
     public_url: str,
+    max_items: int,
 ) -> int:
     """In the refresh's transaction: each watcher's event now, or its announce row; returns
     how many left now."""
     now = datetime.now(UTC)
     sent: list[int] = []
     for watcher in watchers:
-        update = build_update(watcher, number, found, rows, public_url=public_url, recorded_at=now)
+        update = build_update(
+            watcher, number, found, rows, public_url=public_url, recorded_at=now,
+            max_items=max_items,
+        )  # fmt: skip
         if waiting_on(update):
             payload = {
                 "watch_id": watcher.id,

@@ -100,6 +100,12 @@ class ProcessUpdated(msgspec.Struct, kw_only=True):
     changed_fields: list[FieldChange]
     status_url: str
     watch_url: str
+    # Each list holds at most `webhooks.max_documents_in_payload` items (a receiver's body limit
+    # must not lose the event); true when more were found: `status_url`, the process's
+    # movements and changes have them all.
+    movements_truncated: bool = False
+    documents_truncated: bool = False
+    fields_truncated: bool = False
 
 
 class WatchFailed(msgspec.Struct, kw_only=True):

@@ -133,6 +133,7 @@ class Refresher:
                 sent = await events.send_updates(
                     conn, self._queue, watchers, number, found, by_uuid,
                     public_url=self._public_url,
+                    max_items=self._config.webhooks.max_documents_in_payload,
                 )  # fmt: skip
             await self._next(conn, task, min((w.interval_s for w in watchers), default=None))
         return len(watchers), found is not None, queued, sent
