@@ -11,10 +11,11 @@ from aiohttp import web
 
 from .. import cnj, keys
 from ..access import AccessLogPage
-from ..errors import InvalidRequest, NotFound
+from ..errors import InvalidRequest
 from ..keys import KeyInfo
 from . import appkeys
 from .openapi import Operation, Param, Route
+from .params import path_int
 from .problems import Problem
 
 _encode = msgspec.json.Encoder().encode
@@ -75,10 +76,7 @@ async def list_keys(request: web.Request) -> web.Response:
 
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke an API key (admin)."""
-    try:
-        key_id = int(request.match_info["key_id"])
-    except ValueError:
-        raise NotFound("no such API key") from None
+    key_id = path_int(request, "key_id", "API key")
     info = await keys.revoke_key(request.app[appkeys.POOL], key_id)
     request.app[appkeys.AUTH_CACHE].clear()
     return json_response(info)
@@ -128,7 +126,7 @@ def _cursor(raw: str | None) -> tuple[datetime, int] | None:
         return None
     at, _, line_id = raw.rpartition("_")
     when = _time(at, "cursor") if at else None
-    if when is None or not (line_id.isascii() and line_id.isdigit()):
+    if when is None or not (line_id.isascii() and line_id.isdigit() and len(line_id) <= 18):
         raise InvalidRequest("cursor: not a cursor this API returned")
     return when, int(line_id)
 
