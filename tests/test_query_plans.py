@@ -142,6 +142,60 @@ async def test_no_hot_path_reads_a_large_table_whole(history: asyncpg.Pool, api_
     assert {name: tables for name, tables in found.items() if tables} == {}
 
 
+# The queue of a daemon whose downloads pile up: every download due (priority 0), ahead of
+# the watches' refresh rows (priority -1, one in a hundred due).
+BACKLOG = History(
+    processes=2000,
+    docs_per_process=1,
+    access_lines=1,
+    queued=2000,
+    queue_step_s=-1,
+    watches=True,
+)
+
+
+def queue_rows_read(plan: dict[str, Any]) -> dict[str, int]:
+    """Rows each scan of pdpj.queue read (returned or filtered out), by index (or "seq")."""
+    read: dict[str, int] = {}
+    if plan.get("Relation Name") == "queue" and "Scan" in plan["Node Type"]:
+        rows = plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)
+        where = plan.get("Index Name", "seq")
+        if rows:
+            read[where] = read.get(where, 0) + rows * plan["Actual Loops"]
+    for child in plan.get("Plans", []):
+        for where, rows in queue_rows_read(child).items():
+            read[where] = read.get(where, 0) + rows
+    return read
+
+
+async def test_a_claim_for_one_kind_reads_none_of_the_due_rows_of_other_kinds(
+    pool: asyncpg.Pool, api_keys: Any
+) -> None:
+    claim = "EXPLAIN (ANALYZE, FORMAT JSON) " + sql("queue", "claim")
+    read: dict[str, dict[str, int]] = {}
+    async with pool.acquire() as conn:
+        for statement in BACKLOG.statements():
+            await conn.execute(statement)
+        await conn.execute("ANALYZE")
+        due = await conn.fetchval("SELECT count(*) FROM pdpj.queue WHERE run_at <= now()")
+        for kind in ("refresh", "download"):
+            # Rolled back: each claim meets the whole backlog.
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                explained = await conn.fetchval(claim, 16, "w1", 60.0, [kind])
+            finally:
+                await tx.rollback()
+            # The daemon's pool decodes json itself.
+            read[kind] = queue_rows_read(explained[0]["Plan"])
+    # 2,000 due downloads ahead of 20 due refreshes: the refresh claim reads the 16 rows it
+    # takes from its kind's index (the old index made it read past all 2,000 downloads first),
+    # then the UPDATE finds each by primary key.
+    assert due == 2000 + 20
+    assert read["refresh"] == {"queue_claimable_by_kind": 16, "queue_pkey": 16}
+    assert read["download"] == {"queue_claimable_by_kind": 16, "queue_pkey": 16}
+
+
 async def test_listing_jobs_again_and_again_keeps_planning_for_its_filters(
     db_dsn: str, api_keys: Any
 ) -> None:

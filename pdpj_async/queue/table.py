@@ -110,10 +110,18 @@ class Queue:
     async def claim(
         self, n: int, kinds: Sequence[str] | None = None, *, conn: Connection | None = None
     ) -> list[Task]:
-        """Lease up to n due rows (expired leases first) in one statement."""
-        rows = await (conn or self.pool).fetch(
-            _SQL["claim"], n, self.owner, self.config.lease_s, list(kinds) if kinds else None
-        )
+        """Lease up to n due rows of `kinds` (expired leases first) in one statement.
+
+        The claim reads each named kind's rows apart. None means every kind queued now, found
+        by one more statement: for tools and tests; the worker pool names its kinds."""
+        executor = conn or self.pool
+        if kinds is None:
+            kinds = [r[0] for r in await executor.fetch(_SQL["kinds"])]
+        if not kinds:
+            return []
+        # A kind named twice would be read twice, its rows counted twice against n.
+        named = list(dict.fromkeys(kinds))
+        rows = await executor.fetch(_SQL["claim"], n, self.owner, self.config.lease_s, named)
         owner = self.owner
         return [
             Task(

@@ -25,24 +25,30 @@ WITH ins AS (
 SELECT n, CASE WHEN n > 0 THEN pg_notify('pdpj_queue', $1) END AS notified FROM counted;
 
 -- name: claim
--- Expired leases first (their worker is gone), then due free rows in priority order; both
--- halves read only the head of a partial index. SKIP LOCKED lets concurrent claimers pass by.
+-- Expired leases first (their worker is gone), then due free rows in priority order, of the
+-- kinds named ($4). Each kind's free rows are read from the head of its own slice of a partial
+-- index (at most $1 rows each), then merged: the due rows of kinds not named, however many,
+-- are never read. SKIP LOCKED lets concurrent claimers pass by.
 WITH expired AS (
     SELECT id, true AS rescued
     FROM pdpj.queue
-    WHERE lease_owner IS NOT NULL AND lease_expires_at < now()
-      AND ($4::text[] IS NULL OR kind = ANY($4))
+    WHERE lease_owner IS NOT NULL AND lease_expires_at < now() AND kind = ANY($4::text[])
     ORDER BY lease_expires_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), free AS (
-    SELECT id, false AS rescued
-    FROM pdpj.queue
-    WHERE lease_owner IS NULL AND run_at <= now()
-      AND ($4::text[] IS NULL OR kind = ANY($4))
-    ORDER BY priority DESC, run_at, id
+    SELECT head.id, false AS rescued
+    FROM unnest($4::text[]) AS k(kind)
+    CROSS JOIN LATERAL (
+        SELECT q.id, q.priority, q.run_at
+        FROM pdpj.queue AS q
+        WHERE q.kind = k.kind AND q.lease_owner IS NULL AND q.run_at <= now()
+        ORDER BY q.priority DESC, q.run_at, q.id
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+    ) AS head
+    ORDER BY head.priority DESC, head.run_at, head.id
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
 ), picked AS (
     (SELECT id, rescued FROM expired) UNION ALL (SELECT id, rescued FROM free) LIMIT $1
 ), claimed AS (
@@ -59,6 +65,18 @@ WITH expired AS (
 SELECT id, kind, ref, payload, priority, attempts, max_attempts, last_error, rescued
 FROM claimed
 ORDER BY rescued DESC, priority DESC, run_at, id;
+
+-- name: kinds
+-- The kinds queued now, for a claim that names none: one descent of queue_kind_ref per kind
+-- (a loose index scan), however many rows each kind holds.
+WITH RECURSIVE k AS (
+    (SELECT kind FROM pdpj.queue ORDER BY kind LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.kind FROM pdpj.queue AS q WHERE q.kind > k.kind ORDER BY q.kind LIMIT 1)
+    FROM k
+    WHERE k.kind IS NOT NULL
+)
+SELECT kind FROM k WHERE kind IS NOT NULL;
 
 -- name: complete
 DELETE FROM pdpj.queue
