@@ -33,7 +33,7 @@ from ..db import DB_ERRORS, Connection
 from ..db.listen import dedicated, listen_forever
 from ..errors import Deferred, LeaseLost, PermanentFailure, Release, RetryLater
 from ..logs import get_logger
-from ..tasks import Supervisor
+from ..tasks import Supervisor, wait_event
 from .gate import Gate
 from .table import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
 
@@ -152,8 +152,7 @@ class WorkerPool:
         self._spawn("claimer", self._claim_loop())
         self._spawn("completer", self._complete_loop())
         self._spawn("heartbeat", self._heartbeat_loop())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), _LISTEN_START_TIMEOUT_S)
+        await wait_event(self._listening, _LISTEN_START_TIMEOUT_S)
         log.info("worker_pool_started", workers=self.config.workers, kinds=sorted(self._handlers))
 
     async def stop(self, grace: float) -> None:
@@ -240,8 +239,7 @@ class WorkerPool:
                 await self._wait_wake(self.config.poll_interval_s)
 
     async def _wait_wake(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await wait_event(self._wake, seconds)
 
     def _dispatch(self) -> None:
         """Start claimed tasks while workers are free."""
