@@ -1,4 +1,4 @@
--- depends: 0014.search-speed
+-- depends: 0015.search-rank
 -- Free rows in claim order per kind: a claim reads the head of each kind it names, so its cost
 -- no longer grows with the due rows of the kinds it does not name. With one index over every
 -- kind, a claim for `refresh` alone walked past every due download of a higher priority first

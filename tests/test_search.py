@@ -113,6 +113,21 @@ async def test_phrases_or_and_exclusion_follow_web_search_syntax(
     assert await found(client, user, "apelação or grave") == {phrase, recurso}
 
 
+async def test_a_negated_phrase_excludes_the_phrase_but_not_its_words_apart(
+    client: Client, api_keys: Keys, corpus: Corpus, pool: asyncpg.Pool
+) -> None:
+    process = await corpus.process(key_ids=(api_keys.user.info.id,))
+    await corpus.add(process, "Na apelação, o dano moral foi provado.")
+    apart = await corpus.add(process, "Na apelação, o dano foi material e o abalo moral leve.")
+    one_word = await corpus.add(process, "Na apelação, nenhum dano se provou.")
+    key = keys.ApiKey(id=api_keys.user.info.id, name="u", role="user")
+    for plan in ("walk", "index"):
+        hits = await hits_of(pool, key, 'apelação -"dano moral"', plan)
+        assert set(hits) == {apart, one_word}, plan
+    assert await found(client, api_keys.user, '-"dano moral" apelação') == {apart, one_word}
+    assert await found(client, api_keys.user, '-"dano moral"') == {apart, one_word}
+
+
 async def test_filters_narrow_by_process_type_and_date(
     client: Client, api_keys: Keys, corpus: Corpus
 ) -> None:
@@ -162,6 +177,23 @@ async def test_cursor_pages_through_every_hit_once_best_first(
     assert ranks == sorted(ranks, reverse=True) and ranks[0] > ranks[-1]
 
 
+async def test_hits_of_equal_rank_page_through_once_each_newest_id_first(
+    client: Client, api_keys: Keys, corpus: Corpus
+) -> None:
+    process = await corpus.process(key_ids=(api_keys.user.info.id,))
+    uuids = [await corpus.add(process, "Penhora de conta bancária.") for _ in range(5)]
+    pages: list[list[str]] = []
+    params = {"q": "penhora", "limit": "2"}
+    while True:
+        page = await search(client, api_keys.user, **params)
+        pages.append([h["document_uuid"] for h in page["hits"]])
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    # The same rank for all: the document id breaks the tie, highest first.
+    assert pages == [uuids[4:2:-1], uuids[2:0:-1], uuids[:1]]
+
+
 @pytest.mark.parametrize(
     ("params", "detail"),
     [
@@ -208,7 +240,13 @@ async def test_walking_the_newest_texts_and_the_index_find_the_same_hits_in_the_
         text = "Recurso de apelação. " * (1 + n % 4) + ("Dano moral." if n % 3 else "Dano.")
         process = mine if n % 2 else theirs
         await corpus.add(process, text, juntada_at=when, sigilo="SIGILOSO" if n == 5 else None)
-    queries = ["recurso", '"dano moral"', "apelação -moral", "dano or inexistente"]
+    queries = [
+        "recurso",
+        '"dano moral"',
+        "apelação -moral",
+        "dano or inexistente",
+        'recurso -"dano moral"',
+    ]
     for key in (user, admin):
         for q in queries:
             walked = await hits_of(pool, key, q, "walk")
