@@ -1,6 +1,13 @@
 """Search over the documents' text, and text extraction, on this machine.
 
     .venv/bin/python bench/search.py [--documents 100000] [--queries 300] [--seconds 15]
+    .venv/bin/python bench/search.py --data-dir /work/scratch/search100k   # load once, reuse
+    .venv/bin/python bench/search.py --data-dir DIR --no-save --no-extraction  # a quick try
+
+With `--data-dir DIR` (outside the repository) the embedded PostgreSQL and its corpus are kept
+there: the first run loads it (DIR/corpus.json records the keys and the load's figures), later
+runs with the same `--documents` start the server on it, apply the migrations added since and
+only measure (the results then say `corpus_reused`, with the first load's `load_s`).
 
 One embedded PostgreSQL with the daemon's migrations. A generated corpus of `--documents`
 Portuguese legal texts (about 20 KB each, words drawn from a Zipf-like vocabulary: a few
@@ -345,6 +352,34 @@ def extraction(root: Path, files: int = 24, pages: int = 8) -> dict[str, Any]:
     }
 
 
+def loaded_corpus(root: Path, documents: int) -> tuple[str, dict[str, Any], harness.Postgres]:
+    """A started PostgreSQL under `root` with the corpus: loaded now, or kept from an earlier
+    run with `--data-dir` (then only new migrations are applied); its DSN and load figures."""
+    from pdpj_async import db, keys
+
+    kept = root / "corpus.json"
+    pg = harness.Postgres(root)
+    pg.start()
+    if kept.exists():
+        loaded = json.loads(kept.read_text())
+        if loaded["documents"] != documents:
+            pg.stop()
+            raise SystemExit(f"{root} holds {loaded['documents']} documents, not {documents}")
+        dsn = pg.server.dsn_for(loaded["database"])
+        db.apply_migrations(dsn)
+        loaded["clients"] = [keys.ApiKey(**c) for c in loaded["clients"]]
+        loaded["reused"] = True
+        print(f"reusing {documents} documents in {root}", flush=True)
+        return dsn, loaded, pg
+    dsn = pg.fresh()
+    loaded = asyncio.run(load(dsn, documents, seed=1))
+    print(f"loaded {documents} documents in {loaded['load_s']} s", flush=True)
+    clients = [{"id": c.id, "name": c.name, "role": c.role} for c in loaded["clients"]]
+    saved = {**loaded, "clients": clients, "documents": documents, "database": "bench_1"}
+    kept.write_text(json.dumps(saved, indent=2) + "\n")
+    return dsn, loaded, pg
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--documents", type=int, default=100_000)
@@ -355,30 +390,49 @@ def main() -> None:
         action="store_true",
         help="measure extraction alone and update its figures in the existing results",
     )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep the loaded corpus here (outside the repository) and reuse it on later runs",
+    )
+    parser.add_argument(
+        "--no-save", action="store_true", help="print the figures, do not write the results"
+    )
+    parser.add_argument(
+        "--no-extraction", action="store_true", help="skip the extraction figures (with --no-save)"
+    )
     args = parser.parse_args()
+    if args.no_extraction and not args.no_save:
+        parser.error("--no-extraction needs --no-save: the results need the extraction figures")
     machine = harness.machine()  # the load average before this run adds its own
     with harness.workdir("bench-search-") as root:
-        extracted = extraction(root)
+        extracted = {} if args.no_extraction else extraction(root)
         print(json.dumps(extracted), flush=True)
         if args.extraction_only:
             result = {**json.loads(RESULT.read_text()), **extracted, "extraction_machine": machine}
             RESULT.write_text(json.dumps(result, indent=2) + "\n")
             return
-        with harness.postgres(root) as pg:
-            dsn = pg.fresh()
-            loaded = asyncio.run(load(dsn, args.documents, seed=1))
-            print(f"loaded {args.documents} documents in {loaded['load_s']} s", flush=True)
+        if args.data_dir:
+            args.data_dir.mkdir(parents=True, exist_ok=True)
+        dsn, loaded, pg = loaded_corpus(args.data_dir or root, args.documents)
+        try:
             figures = asyncio.run(measure(dsn, loaded["clients"], args.queries, args.seconds))
+        finally:
+            # A kept corpus stops cleanly (a checkpoint), so that the next start needs no recovery.
+            pg.server.stop(mode="fast" if args.data_dir else "immediate")
     result = {
         "documents": args.documents,
         **figures,
         **extracted,
         "load_s": loaded["load_s"],
+        # With --data-dir on a later run: the corpus (and load_s) of an earlier run's load.
+        "corpus_reused": loaded.get("reused", False),
         "load_split_s": loaded["load_split_s"],
         "db_bytes": loaded["db_bytes"],
         "machine": {**machine, "load_avg_at_end": harness.machine()["load_avg_at_start"]},
     }
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    if not args.no_save:
+        RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 
