@@ -35,6 +35,7 @@ from .parse import (
     check_content,
     href_problem,
     looks_like_html,
+    may_hold_nul,
     parse_process,
 )
 from .tokens import TokenProvider
@@ -261,7 +262,8 @@ class PdpjClient:
             data = data[0] if data else None
         if not isinstance(data, dict) or not data:
             raise UpstreamNotFound(f"PDPJ has no process {number.masked}")
-        return parse_process(data, number, self.base)
+        # Most answers hold no NUL escape: then scrub's walk over every value is skipped.
+        return parse_process(data, number, self.base, nul_free=not may_hold_nul(body))
 
     @asynccontextmanager
     async def stream_document(

@@ -215,11 +215,25 @@ def scrub(value: Any) -> Any:
     return value
 
 
+def may_hold_nul(body: bytes) -> bool:
+    """Whether a JSON text can decode to a string with a NUL character: only through the
+    escape `\\u0000` (a raw NUL byte is not valid JSON and the decoder refuses it)."""
+    return b"\\u0000" in body
+
+
 def parse_process(
-    raw: dict[str, Any], number: ProcessNumber | None = None, base: URL | None = None
+    raw: dict[str, Any],
+    number: ProcessNumber | None = None,
+    base: URL | None = None,
+    *,
+    nul_free: bool = False,
 ) -> UpstreamProcess:
-    """Build an UpstreamProcess from one details object (NUL characters dropped)."""
-    raw = scrub(raw)
+    """Build an UpstreamProcess from one details object (NUL characters dropped).
+
+    `nul_free`: the caller knows no string in `raw` holds a NUL (its JSON text has no
+    `\\u0000`), and the walk over every value is skipped."""
+    if not nul_free:
+        raw = scrub(raw)
     instances = _instances(raw)
     current = instances[0] if instances else {}
     movement_source = next((t for t in instances if t.get("movimentos")), current)
