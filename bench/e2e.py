@@ -257,10 +257,11 @@ async def run_ours(
                 await asyncio.sleep(0.05)
         elapsed = max(ctx.receiver.arrived.values()) - started
         peak_rss, cpu = await usage.stop()
-        if spy is not None:
+        diagnostics = await scrape_metrics(base)
+        drained = await drain_text(base, usage, diagnostics) if ctx.args.drain_text else None
+        if spy is not None:  # with --drain-text, the profile covers the text rows too
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             spy.wait()
-        diagnostics = await scrape_metrics(base)
         latencies = [ctx.receiver.arrived[n] - requested[n] for n in plan]
         docs = sum(len(d) for d in plan.values())
         mb = total_bytes(plan) / MB
@@ -270,6 +271,7 @@ async def run_ours(
             "mb_per_s": round(mb / elapsed, 1),
             "peak_rss_mb": peak_rss,
             "cpu_s": cpu,
+            "cpu_split_s": usage.split,
             "time_to_last_webhook_s": round(elapsed, 2),
             "webhook_p50_s": round(harness.percentile(latencies, 50), 2),
             "webhook_p99_s": round(harness.percentile(latencies, 99), 2),
@@ -278,6 +280,11 @@ async def run_ours(
             "mb": round(mb, 1),
             "webhook_statuses": statuses,
             "mean_download_s": diagnostics.get("mean_download_s"),
+            "queued_at_end": diagnostics.get("queued_at_end"),
+            # Every stored document queues its text: those done before the last webhook.
+            "text_rows_in_window": docs - int(diagnostics.get("queued_at_end", {}).get("text", 0)),
+            "events": diagnostics.get("events"),
+            **({"text_drain": drained} if drained is not None else {}),
         }
     finally:
         daemon.stop()
@@ -286,17 +293,60 @@ async def run_ours(
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def scrape_metrics(base: str) -> dict[str, float]:
-    """The daemon's mean time per download (PDPJ request to stored object), from /metrics."""
+async def drain_text(base: str, usage: harness.Usage, at_end: dict[str, Any]) -> dict[str, Any]:
+    """After the last webhook: the daemon's CPU for the text rows still queued (run to the end),
+    then its CPU while idle, for what a text row and an idle second cost by themselves."""
+    rows = at_end.get("queued_at_end", {}).get("text", 0.0)
+    cpu0, split0, started = usage.cpu_now(), usage.split_now(), time.monotonic()
+    left, events = rows, at_end.get("events", {})
+    while left > 0 and time.monotonic() - started < 600:
+        await asyncio.sleep(0.2)
+        now = await scrape_metrics(base)
+        left = now.get("queued_at_end", {}).get("text", 0.0)
+    events = {k: v - events.get(k, 0.0) for k, v in now.get("events", {}).items()} if rows else {}
+    text_cpu, seconds = usage.cpu_now() - cpu0, time.monotonic() - started
+    split = {k: round(v - split0[k], 2) for k, v in usage.split_now().items()}
+    idle0 = usage.cpu_now()
+    await asyncio.sleep(5.0)
+    idle = usage.cpu_now() - idle0
+    return {
+        "rows": rows - left,
+        "cpu_s": round(text_cpu, 2),
+        "ms_per_row": round(1000 * text_cpu / max(1.0, rows - left), 2),
+        "cpu_split_s": split,
+        "events": events,
+        "seconds": round(seconds, 1),
+        "idle_cpu_ms_per_s": round(1000 * idle / 5.0, 1),
+    }
+
+
+async def scrape_metrics(base: str) -> dict[str, Any]:
+    """From /metrics: the mean time per download (PDPJ request to stored object), the queue's
+    rows by kind, and the counters of queue events and PDPJ answers by status class."""
     async with aiohttp.ClientSession() as http, http.get(base + "/metrics") as resp:
         text = await resp.text()
     total = count = 0.0
+    # What was still queued at the last webhook, by kind (text work runs after the downloads).
+    left = {
+        line.split('kind="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("pdpj_async_queue_depth{")
+    }
+    counters = {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("pdpj_async_upstream_responses", "pdpj_async_queue_events"))
+        and '"' in line
+    }
     for line in text.splitlines():
         if line.startswith('pdpj_async_download_duration_seconds_sum{outcome="available"}'):
             total = float(line.split()[-1])
         if line.startswith('pdpj_async_download_duration_seconds_count{outcome="available"}'):
             count = float(line.split()[-1])
-    return {"mean_download_s": round(total / count, 3)} if count else {}
+    out: dict[str, Any] = {"queued_at_end": left, "events": counters}
+    if count:
+        out["mean_download_s"] = round(total / count, 3)
+    return out
 
 
 # ---- seed and limit: child processes of this script (measured by psutil from here) ----
@@ -497,6 +547,7 @@ async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any])
         "mb_per_s": round(out["bytes"] / MB / out["seconds"], 1),
         "peak_rss_mb": peak_rss,
         "cpu_s": cpu,
+        "cpu_loop_s": round(out["cpu_loop_s"], 2),
         "documents": out["docs"],
         "seconds": round(out["seconds"], 2),
     }
@@ -718,6 +769,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per daemon run")
     parser.add_argument("--profile", help="py-spy the daemon (ours); collapsed stacks here")
     parser.add_argument("--no-save", action="store_true", help="write no result file")
+    parser.add_argument(
+        "--drain-text",
+        action="store_true",
+        help="after the last webhook, measure the CPU of the text rows left, then of idling",
+    )
     parser.add_argument("--out", default=str(RESULT), help="the result file (and a role's)")
     parser.add_argument("--role", choices=["seed", "limit"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -725,10 +781,18 @@ def main() -> None:
     if args.role:
         spec = json.loads(Path(args.spec).read_text())
         role = seed_role if args.role == "seed" else limit_role
+        # CPU from here on: the interpreter's start and imports are not the work, as the
+        # daemon's start is not counted either (its CPU is taken from its first request on).
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        loop_before = resource.getrusage(resource.RUSAGE_THREAD)  # this thread runs the loop
         out = asyncio.run(role(spec))
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        out["cpu_s"] = usage.ru_utime + usage.ru_stime
+        out["cpu_s"] = usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime
         out["peak_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+        loop = resource.getrusage(resource.RUSAGE_THREAD)
+        out["cpu_loop_s"] = (
+            loop.ru_utime + loop.ru_stime - loop_before.ru_utime - loop_before.ru_stime
+        )
         Path(args.out).write_text(json.dumps(out))
         return
     if args.quick:

@@ -515,11 +515,31 @@ class Usage:
         self.every_s = every_s
         self.peak_rss = 0
         self._cpu0 = self._cpu()
+        self._split0 = self._split()
+        # After stop: CPU seconds by where it went (the event loop's thread or the others).
+        self.split: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def _cpu(self) -> float:
         times = self.process.cpu_times()
         return float(times.user + times.system)
+
+    def cpu_now(self) -> float:
+        """The process's CPU seconds so far (user + system)."""
+        return self._cpu()
+
+    def split_now(self) -> dict[str, float]:
+        """CPU seconds so far of the event loop's thread and of the others (user, sys)."""
+        return self._split()
+
+    def _split(self) -> dict[str, float]:
+        """user/sys CPU seconds of the main thread (the event loop) and of all other threads."""
+        out = {"loop_user": 0.0, "loop_sys": 0.0, "threads_user": 0.0, "threads_sys": 0.0}
+        for thread in self.process.threads():
+            where = "loop" if thread.id == self.process.pid else "threads"
+            out[f"{where}_user"] += thread.user_time
+            out[f"{where}_sys"] += thread.system_time
+        return out
 
     def _rss(self) -> int:
         rss: int = self.process.memory_info().rss
@@ -528,6 +548,7 @@ class Usage:
     def start(self) -> None:
         """Start sampling (from now on)."""
         self._cpu0 = self._cpu()
+        self._split0 = self._split()
         self.peak_rss = self._rss()
         self._task = asyncio.create_task(self._sample(), name="rss-sampler")
 
@@ -550,6 +571,9 @@ class Usage:
             await asyncio.gather(self._task, return_exceptions=True)
         try:
             cpu = self._cpu() - self._cpu0
+            # Threads that ended meanwhile drop out of the split: it is a lower bound for them.
+            now = self._split()
+            self.split = {k: round(now[k] - self._split0.get(k, 0.0), 2) for k in now}
             self.peak_rss = max(self.peak_rss, self._rss())
         except psutil.Error:
             cpu = 0.0
@@ -564,8 +588,18 @@ def py_spy(
     if not Path(exe).exists():
         return None
     argv = [exe, "record", "-p", str(pid), "-d", str(int(duration_s)), "-r", str(rate)]
-    argv += ["-f", "raw", "-o", str(out), "--nonblocking"]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # E.g. BENCH_PY_SPY="--threads --native": per-thread stacks with C frames. --native needs
+    # the process stopped while it is sampled (py-spy refuses it with --nonblocking and then
+    # writes nothing), so it slows the daemon down: for where CPU goes, not for rates.
+    extra = os.environ.get("BENCH_PY_SPY", "").split()
+    argv += ["-f", "raw", "-o", str(out), *extra]
+    if "--native" not in extra:
+        argv.append("--nonblocking")
+    # py-spy writes nothing (silently) into a directory that does not exist; its complaints
+    # (no permission, an unsupported option) go beside the profile.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors = out.with_suffix(".log").open("wb")
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors)
 
 
 def top_frames(collapsed: Path, n: int = 25) -> list[tuple[str, float, float]]:
