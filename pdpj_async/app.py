@@ -107,12 +107,8 @@ def create_app(
 
 async def _close_pool(pool: Any) -> None:
     """Close the pool, but never wait without end for a connection someone did not give back."""
-    try:
-        # asyncpg's close waits for every acquired connection; a stuck one must not hold the exit.
-        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT_S)
-    except TimeoutError:
-        log.warning("database_pool_close_timed_out", timeout_s=POOL_CLOSE_TIMEOUT_S)
-        pool.terminate()
+    # Also waits for connections still being opened (a task that acquired as shutdown began).
+    await db.close_pool(pool, POOL_CLOSE_TIMEOUT_S)
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

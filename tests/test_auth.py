@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -16,6 +17,17 @@ from pdpj_async.server import appkeys
 from tests.fixtures.app import Keys, make_config
 
 PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(autouse=True)
+def database_first(db_dsn: str) -> str:
+    """Set the test database up before aiohttp_client, so that it is dropped after the app stops.
+
+    Fixtures end in reverse order: a test naming aiohttp_client before config had its database
+    dropped while the app still ran, its loop blocked by the DROP mid-handshake of the app's
+    connections (a backend in authentication holds DROP for authentication_timeout, 60 s).
+    """
+    return db_dsn
 
 
 async def _echo(request: web.Request) -> web.Response:

@@ -17,6 +17,7 @@ from asyncpg.pool import PoolConnectionProxy
 from ..config import Config, resolved_data_dir
 from ..errors import DatabaseUnavailable
 from ..logs import get_logger
+from ..tasks import wait_event
 from .embedded import EmbeddedPostgres
 
 log = get_logger(__name__)
@@ -85,6 +86,65 @@ async def reset_connection(conn: asyncpg.Connection) -> None:
         await conn.reset()
 
 
+class _Opening:
+    """The connections a pool is opening, so that closing it leaves none half-open.
+
+    asyncpg's Pool.close waits only for connections already handed out: one still in its
+    handshake (a task acquired as shutdown began) finishes after the close has returned, or,
+    when the loop stops first, never, its socket left open with the server's reply unread.
+    (Pool.close waits on each holder's `_in_use`, set only once its connect is done: see
+    MagicStack/asyncpg#299, which made close wait for checked-out connections alone.)
+    """
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._count = 0
+        self._none = asyncio.Event()
+        self._none.set()
+
+    async def connect(self, *args: Any, **kwargs: Any) -> asyncpg.Connection:
+        """asyncpg.connect, counted; a connection that opens once the pool closes is ended."""
+        self._count += 1
+        self._none.clear()
+        try:
+            conn: asyncpg.Connection = await asyncpg.connect(*args, **kwargs)
+            if self.closing:
+                conn.terminate()
+                raise asyncpg.InterfaceError("pool is closing")
+            return conn
+        finally:
+            self._count -= 1
+            if not self._count:
+                self._none.set()
+
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait for the connections being opened to end; False if some are still opening."""
+        self.closing = True
+        done = await wait_event(self._none, timeout_s)
+        # A terminated connection's socket is closed by a callback the loop runs next.
+        await asyncio.sleep(0)
+        return done
+
+
+# Pools made by create_pool, by id (asyncpg.Pool takes no attributes nor weak references).
+_OPENING: dict[int, _Opening] = {}
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float) -> None:
+    """Close the pool without waiting without end, and leave no connection half-open."""
+    opening = _OPENING.pop(id(pool), None)
+    if opening is not None:
+        opening.closing = True
+    try:
+        # asyncpg's close waits for every acquired connection; a stuck one must not hold the exit.
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("database_pool_close_timed_out", timeout_s=timeout_s)
+        pool.terminate()
+    if opening is not None and not await opening.settle(timeout_s):
+        log.warning("database_connections_still_opening", timeout_s=timeout_s)
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -102,6 +162,7 @@ async def create_pool(
     """
     # asyncpg's default: 100 statements per connection.
     statement_cache_size = 0 if pooled else 100
+    opening = _Opening()
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -112,10 +173,12 @@ async def create_pool(
             reset=reset_connection,
             server_settings={"application_name": "pdpj-async"},
             statement_cache_size=statement_cache_size,
+            connect=opening.connect,
         )
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
     assert pool is not None
+    _OPENING[id(pool)] = opening
     return pool
 
 
