@@ -9,14 +9,16 @@ from typing import Annotated, Literal
 import msgspec
 from aiohttp import web
 
-from .. import cnj, keys
+from .. import cnj, idempotency, keys
 from ..access import AccessLogPage
 from ..errors import InvalidRequest
 from ..keys import KeyInfo
 from . import appkeys
+from .idempotency import PARAM as IDEMPOTENCY_KEY
+from .idempotency import idempotent
 from .openapi import Operation, Param, Route
 from .params import path_int
-from .problems import Problem
+from .problems import Problem, problem_response
 
 _encode = msgspec.json.Encoder().encode
 MAX_LIMIT = 1000
@@ -67,6 +69,22 @@ async def create_key(request: web.Request) -> web.Response:
     return json_response(
         CreatedKey(key=new.key, webhook_secret=new.webhook_secret, info=new.info), status=201
     )
+
+
+def _created_stand_in(response: web.Response) -> idempotency.Answer:
+    """What a repeated create answers: the key's id, not the key (no secret rests in the table)."""
+    assert isinstance(response.body, bytes)
+    key_id = msgspec.json.decode(response.body)["info"]["id"]
+    stand_in = problem_response(
+        409,
+        "api-key-already-created",
+        "API key already created",
+        f"this Idempotency-Key already created API key {key_id}; its key and webhook secret "
+        "were shown once, in that answer, and are not kept: see GET /api/v1/admin/api-keys, "
+        "or revoke it and create another",
+    )
+    assert isinstance(stand_in.body, bytes)
+    return idempotency.Answer(status=409, content_type=stand_in.content_type, body=stand_in.body)
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -132,9 +150,13 @@ def _cursor(raw: str | None) -> tuple[datetime, int] | None:
 
 
 ROUTES: list[Route] = [
-    Route("POST", "/api/v1/admin/api-keys", create_key, Operation(
-        "Create an API key", "Admin only. The key and its webhook secret are shown once.",
-        body=CreateKeyRequest, responses={201: CreatedKey})),
+    Route("POST", "/api/v1/admin/api-keys", idempotent(create_key, keep=_created_stand_in),
+          Operation(
+        "Create an API key", "Admin only. The key and its webhook secret are shown once: a "
+        "repeat with the same Idempotency-Key is a 409 naming the key's id, since the key is "
+        "not kept for a replay.",
+        params=[IDEMPOTENCY_KEY], body=CreateKeyRequest,
+        responses={201: CreatedKey, 409: Problem, 422: Problem})),
     Route("GET", "/api/v1/admin/api-keys", list_keys, Operation(
         "List API keys", "Admin only.", responses={200: list[KeyInfo]})),
     Route("DELETE", "/api/v1/admin/api-keys/{key_id}", revoke_key, Operation(

@@ -20,6 +20,8 @@ from ..schemas import JobList, JobStatus, JobView, ProcessResponse, StatusView
 from ..storage import Storage
 from ..webhooks import outbox
 from . import admin, appkeys, process_routes, search_routes
+from .idempotency import PARAM as IDEMPOTENCY_KEY
+from .idempotency import idempotent
 from .middleware import caller
 from .openapi import Operation, Param, Route
 from .params import path_uuid
@@ -333,9 +335,9 @@ ROUTES: list[Route] = [
     Route("POST", "/api/v1/jobs/{job_id}/cancel", cancel_job, Operation(
         "Cancel a job", "Cancels an active job; shared documents keep downloading for others.",
         params=[_JOB], responses={200: JobView, 409: Problem})),
-    Route("POST", "/api/v1/jobs/{job_id}/retry", retry_job, Operation(
+    Route("POST", "/api/v1/jobs/{job_id}/retry", idempotent(retry_job), Operation(
         "Retry a job's failed documents", "A new job when the old one is final.",
-        params=[_JOB], responses={202: JobView, 409: Problem})),
+        params=[_JOB, IDEMPOTENCY_KEY], responses={202: JobView, 409: Problem, 422: Problem})),
     Route("GET", "/api/v1/documents/{uuid}/download", download_document, Operation(
         "Download a document", "Redirects (302) to a fresh signed URL.",
         params=[Param("uuid", "path", "PDPJ document uuid")], responses={302: None})),

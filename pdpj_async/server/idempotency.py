@@ -9,7 +9,8 @@ A route wrapped in `idempotent` keeps its 2xx answer for 24 h per (API key, Idem
 - an answer that is not a 2xx is not kept: the key is free for the client's retry.
 
 A wrapped handler reads its body with `bulk_input.read_body` or `request.read()` (both keep it:
-the fingerprint has read it already).
+the fingerprint has read it already). `keep` chooses what is stored for the replays: an answer
+holding a secret that must not rest in the database (a new API key) keeps a stand-in instead.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -40,7 +42,19 @@ PARAM = Param(
 )
 
 
-def idempotent(handler: Handler) -> Handler:
+# What to store of a successful answer, for its replays.
+Keep = Callable[[web.Response], idempotency.Answer]
+
+
+def as_sent(response: web.Response) -> idempotency.Answer:
+    """Keep the answer as it was sent (the default)."""
+    assert isinstance(response.body, bytes)
+    return idempotency.Answer(
+        status=response.status, content_type=response.content_type, body=response.body
+    )
+
+
+def idempotent(handler: Handler, *, keep: Keep = as_sent) -> Handler:
     """Wrap a POST handler so that the Idempotency-Key header makes it safe to repeat."""
 
     @functools.wraps(handler)
@@ -66,10 +80,8 @@ def idempotent(handler: Handler) -> Handler:
             raise
         sent = response.body if isinstance(response, web.Response) else None
         if 200 <= response.status < 300 and isinstance(sent, bytes):
-            answer = idempotency.Answer(
-                status=response.status, content_type=response.content_type, body=sent
-            )
-            await idempotency.store(pool, owner, key, held, answer)
+            assert isinstance(response, web.Response)
+            await idempotency.store(pool, owner, key, held, keep(response))
         else:
             await idempotency.release(pool, owner, key, held)
         return response

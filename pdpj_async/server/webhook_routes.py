@@ -16,8 +16,11 @@ from ..webhooks import endpoints, outbox
 from ..webhooks.client import WebhookClient
 from ..webhooks.ssrf import Resolver
 from . import appkeys
+from .idempotency import PARAM as IDEMPOTENCY_KEY
+from .idempotency import idempotent
 from .middleware import caller, presented_key
 from .openapi import Operation, Param, Route
+from .problems import Problem
 
 _encode = msgspec.json.Encoder().encode
 
@@ -217,10 +220,10 @@ def setup_routes(app: web.Application, *, resolver: Resolver | None = None) -> N
 
 
 ROUTES: list[Route] = [
-    Route("POST", "/api/v1/webhook-deliveries/{id}/redeliver", redeliver, Operation(
+    Route("POST", "/api/v1/webhook-deliveries/{id}/redeliver", idempotent(redeliver), Operation(
         "Redeliver a webhook", "Queues a fresh round of attempts with the same webhook-id.",
-        params=[Param("id", "path", "delivery id (the webhook-id)")],
-        responses={202: outbox.Delivery})),
+        params=[Param("id", "path", "delivery id (the webhook-id)"), IDEMPOTENCY_KEY],
+        responses={202: outbox.Delivery, 409: Problem, 422: Problem})),
     Route("POST", "/api/v1/webhooks/ping", ping, Operation(
         "Ping a webhook URL", "Sends a signed `ping` event to the URL and reports the answer.",
         body=PingRequest, responses={200: PingResult})),
