@@ -229,6 +229,9 @@ class RetentionConfig(_Section, frozen=True):
 
 
 class TextConfig(_Section, frozen=True):
+    # Fetch or extract each available document's text (false: binaries only, one PDPJ request
+    # per document instead of two; text_status "off", search finds nothing new).
+    enabled: bool = True
     # OCR (Tesseract, Portuguese) of pages with no text layer, when the binary is installed.
     ocr: bool = False
     # Extractions running at once: CPU-bound, kept below the download workers.

@@ -31,6 +31,7 @@ from .logs import get_logger
 from .processes import DOWNLOAD_KIND
 from .queue import workers
 from .text import TEXT_KIND
+from .text import store as text_store
 from .upstream import pacing
 
 if TYPE_CHECKING:
@@ -67,11 +68,17 @@ class Finisher:
     MAX_BATCH = 64
 
     def __init__(
-        self, pool: asyncpg.Pool, queue: Queue, on_final: states.JobFinalHook | None
+        self,
+        pool: asyncpg.Pool,
+        queue: Queue,
+        on_final: states.JobFinalHook | None,
+        *,
+        texts: bool = True,
     ) -> None:
         self._pool = pool
         self._queue = queue
         self._on_final = on_final
+        self._texts = texts
         self._waiting: list[_Pending] = []
         self._running: asyncio.Task[None] | None = None
 
@@ -106,8 +113,12 @@ class Finisher:
                     changed = await states.documents_available(
                         conn, [item.finished for item in batch], self._on_final
                     )
-                    # Its text comes next, queued with the availability (same transaction).
-                    await self._queue.enqueue_many(conn, TEXT_KIND, [str(i) for i in changed])
+                    # Its text comes next, queued with the availability (same transaction);
+                    # with text.enabled off, its state says so instead.
+                    if self._texts:
+                        await self._queue.enqueue_many(conn, TEXT_KIND, [str(i) for i in changed])
+                    elif changed:
+                        await text_store.mark_off(conn, sorted(changed))
                     # Queue rows last: guarded by the leases. A row taken over by another
                     # worker rolls the whole batch back; it is then redone without it.
                     tasks = [item.task for item in batch]
@@ -161,7 +172,7 @@ class Downloader:
         self._prefix = config.storage.prefix
         self._on_job_final = on_job_final
         self._gate_changed = asyncio.Event()
-        self._finisher = Finisher(pool, queue, on_job_final)
+        self._finisher = Finisher(pool, queue, on_job_final, texts=config.text.enabled)
         # Counters for /metrics.
         self.outcomes: dict[str, int] = {}
         self.bytes_stored = 0

@@ -62,7 +62,7 @@ class ProcessResponse(_View):
 
 # The state of a document's text (GET /documents/{uuid}/text, search): null until the document
 # is available, then pending until its text work ends.
-TextStatus = Literal["pending", "available", "no_text", "failed"]
+TextStatus = Literal["pending", "available", "no_text", "failed", "off"]
 
 
 class DocumentView(_View):

@@ -236,3 +236,32 @@ async def test_text_rebuild_requeues_every_available_document_and_resumes_after_
     assert await rebuild(pool, config, None, 0) == 2
     assert await pool.fetchval("SELECT count(*) FROM pdpj.queue WHERE kind = 'text'") == 2
     assert (await corpus.extract(done))["status"] == "available"
+
+
+async def test_with_text_off_documents_say_so_and_a_rebuild_fills_their_text_in(
+    stack_factory: Any, sandbox: Sandbox, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from pdpj_async.text.command import rebuild
+    from tests.fixtures.app import make_config
+
+    stack = await stack_factory(text={"enabled": False})
+    docs = await three_docs(sandbox)
+    body = await request_process(stack, stack.keys.user)
+    job = await stack.wait_job(body["job"]["job_id"], stack.keys.user)
+    assert job["status"] == "completed"
+    resp = await stack.get(f"/api/v1/processes/{NUMBER}/status", stack.keys.user)
+    shown = (await resp.json())["documents"]
+    assert {(d["status"], d["text_status"], d["text_url"]) for d in shown} == {
+        ("available", "off", None)
+    }
+    # No text work was queued, and PDPJ was not asked for any text.
+    assert await pool.fetchval("SELECT count(*) FROM pdpj.queue WHERE kind = 'text'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM pdpj.document_texts") == 0
+    link = f"/api/v1/documents/{docs[0]['uuid']}/text"
+    off = await stack.get(link, stack.keys.user, allow_redirects=False)
+    assert off.status == 409 and "off" in (await off.json())["detail"]
+    # The operator's rebuild queues them; the running daemon makes them.
+    assert await rebuild(pool, make_config("", tmp_path), None, 0) == len(docs)
+    await wait_texts(pool, len(docs))
+    resp = await stack.get(f"/api/v1/processes/{NUMBER}/status", stack.keys.user)
+    assert {d["text_status"] for d in (await resp.json())["documents"]} == {"available"}

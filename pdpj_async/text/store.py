@@ -75,3 +75,8 @@ async def rebuild_batch(conn: Executor, after: int, process: str | None, limit: 
 async def mark_pending(conn: Executor, document_ids: list[int]) -> None:
     """Texts about to be redone read as pending."""
     await conn.execute(_SQL["mark_pending"], document_ids)
+
+
+async def mark_off(conn: Executor, document_ids: list[int]) -> None:
+    """Documents made available while text.enabled is off: their text is not being made."""
+    await conn.execute(_SQL["mark_off"], document_ids)

@@ -32,13 +32,18 @@ SET status = EXCLUDED.status, source = EXCLUDED.source, storage_key = EXCLUDED.s
 
 -- name: text_links
 -- Each text's state and object, by document id ($1: ids), for the links of a webhook message.
-SELECT document_id, status, storage_key
-FROM pdpj.document_texts WHERE document_id = ANY($1::bigint[]);
+-- Before a text row exists, the document's own state ('off' with text.enabled off).
+SELECT d.id AS document_id, coalesce(t.status, d.text_status) AS status, t.storage_key
+FROM pdpj.documents d LEFT JOIN pdpj.document_texts t ON t.document_id = d.id
+WHERE d.id = ANY($1::bigint[]) AND (t.document_id IS NOT NULL OR d.text_status IS NOT NULL);
 
 -- name: text_of
 -- The text row of an available document, by id.
-SELECT status, storage_key, error_message, source, chars
-FROM pdpj.document_texts WHERE document_id = $1;
+-- (Before its text row exists, the document's own state: 'off' with text.enabled off.)
+SELECT coalesce(t.status, d.text_status) AS status, t.storage_key, t.error_message, t.source,
+       t.chars
+FROM pdpj.documents d LEFT JOIN pdpj.document_texts t ON t.document_id = d.id
+WHERE d.id = $1 AND (t.document_id IS NOT NULL OR d.text_status IS NOT NULL);
 
 -- name: document_id
 -- The id of the available document `uuid` in process $2.
@@ -53,6 +58,11 @@ JOIN pdpj.processes p ON p.id = d.process_id
 WHERE d.id > $1 AND d.status = 'available' AND ($2::text IS NULL OR p.number = $2)
 ORDER BY d.id
 LIMIT $3;
+
+-- name: mark_off
+-- Documents made available while text.enabled is off ($1: ids): no text work is queued.
+UPDATE pdpj.documents SET text_status = 'off'
+WHERE id = ANY($1::bigint[]) AND text_status IS NULL;
 
 -- name: mark_pending
 -- Texts about to be redone say so ($1: document ids): the documents first (the lock order of
