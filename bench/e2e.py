@@ -212,6 +212,9 @@ async def run_ours(
     }
     if workers is not None:
         raw["queue"] = {"workers": workers}
+    if ctx.args.no_text:
+        # Binaries only (text.enabled = false): the limit script's work, with the bookkeeping.
+        raw["text"] = {"enabled": False}
     config = decode_config(raw)
     daemon = harness.daemon_proc(config, ctx.root / f"daemon-{label or backend}.log")
     daemon.start()
@@ -282,7 +285,9 @@ async def run_ours(
             "mean_download_s": diagnostics.get("mean_download_s"),
             "queued_at_end": diagnostics.get("queued_at_end"),
             # Every stored document queues its text: those done before the last webhook.
-            "text_rows_in_window": docs - int(diagnostics.get("queued_at_end", {}).get("text", 0)),
+            "text_rows_in_window": 0
+            if ctx.args.no_text
+            else docs - int(diagnostics.get("queued_at_end", {}).get("text", 0)),
             "events": diagnostics.get("events"),
             **({"text_drain": drained} if drained is not None else {}),
         }
@@ -773,6 +778,11 @@ def main() -> None:
         "--drain-text",
         action="store_true",
         help="after the last webhook, measure the CPU of the text rows left, then of idling",
+    )
+    parser.add_argument(
+        "--no-text",
+        action="store_true",
+        help="the daemon with text off (binaries only)",
     )
     parser.add_argument("--out", default=str(RESULT), help="the result file (and a role's)")
     parser.add_argument("--role", choices=["seed", "limit"], help=argparse.SUPPRESS)
