@@ -13,12 +13,11 @@ import pytest
 from pdpj_async.cnj import parse
 from pdpj_async.config import PdpjConfig, TextConfig
 from pdpj_async.errors import Release
-from pdpj_async.queue.table import Task
 from pdpj_async.text import extract
 from pdpj_async.upstream.client import PdpjClient
 from pdpj_async.upstream.tokens import TokenProvider
 from tests.fixtures.sandbox import Sandbox
-from tests.text_docs import Corpus, open_storage, text_pdf
+from tests.text_docs import Corpus, open_storage, text_pdf, text_task
 
 NUMBER = "10117457720258110041"
 
@@ -36,18 +35,6 @@ async def corpus(pool: asyncpg.Pool, tmp_path: Path, pdpj_config: PdpjConfig) ->
         await store.close()
 
 
-def task_for(document_id: int) -> Task:
-    return Task(
-        id=document_id,
-        kind="text",
-        ref=str(document_id),
-        payload={},
-        attempts=1,
-        max_attempts=3,
-        lease_owner="test",
-    )
-
-
 async def test_pdpj_text_is_taken_while_every_extraction_slot_is_busy(
     corpus: Corpus, sandbox: Sandbox, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -63,7 +50,7 @@ async def test_pdpj_text_is_taken_while_every_extraction_slot_is_busy(
     process = await corpus.process()
     local, _ = await corpus.document(process, "a.pdf", "application/pdf", text_pdf("Primeira"))
     waiting, _ = await corpus.document(process, "b.pdf", "application/pdf", text_pdf("Segunda"))
-    extracting = asyncio.create_task(corpus.worker.handle(task_for(local)))
+    extracting = asyncio.create_task(corpus.worker.handle(text_task(local)))
     while corpus.worker.gate.is_open():
         await asyncio.sleep(0.01)
 
@@ -76,7 +63,7 @@ async def test_pdpj_text_is_taken_while_every_extraction_slot_is_busy(
         from_pdpj,
         href,
     )
-    await asyncio.wait_for(corpus.worker.handle(task_for(from_pdpj)), 10)
+    await asyncio.wait_for(corpus.worker.handle(text_task(from_pdpj)), 10)
     row = await pool.fetchrow(
         "SELECT status, source FROM pdpj.document_texts WHERE document_id = $1", from_pdpj
     )
@@ -84,7 +71,7 @@ async def test_pdpj_text_is_taken_while_every_extraction_slot_is_busy(
 
     # One that needs a local extraction is put back while the slot is taken.
     with pytest.raises(Release, match="busy"):
-        await corpus.worker.handle(task_for(waiting))
+        await corpus.worker.handle(text_task(waiting))
     assert not corpus.worker.gate.is_open()
 
     let_go.set()

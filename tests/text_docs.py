@@ -54,6 +54,19 @@ async def open_storage(tmp_path: Path) -> Storage:
     )
 
 
+def text_task(document_id: int) -> Task:
+    """A leased `text` queue row for the document, as the worker pool hands it over."""
+    return Task(
+        id=document_id,
+        kind="text",
+        ref=str(document_id),
+        payload={},
+        attempts=1,
+        max_attempts=3,
+        lease_owner="test",
+    )
+
+
 class Corpus:
     """Processes and available documents written straight to the database and the store."""
 
@@ -108,16 +121,7 @@ class Corpus:
 
     async def extract(self, document_id: int) -> asyncpg.Record:
         """Run the text handler on the document; returns its text row."""
-        task = Task(
-            id=0,
-            kind="text",
-            ref=str(document_id),
-            payload={},
-            attempts=1,
-            max_attempts=3,
-            lease_owner="test",
-        )
-        await self.worker.handle(task)
+        await self.worker.handle(text_task(document_id))
         row = await self.pool.fetchrow(
             "SELECT * FROM pdpj.document_texts WHERE document_id = $1", document_id
         )
