@@ -173,22 +173,8 @@ async def _candidates(
     """(rank, id) of the texts among the `candidates` most recent visible ones having every
     word of the query that match it exactly (a phrase), ranked as they were read."""
     narrow = (filters.process, filters.type_name, filters.since, filters.until)
-    if plan == "index":
-        rows = await tx.fetch(
-            _SQL["search_indexed"],
-            query,
-            caller.id,
-            caller.is_admin,
-            caller.sees_sealed,
-            *narrow,
-            candidates,
-        )
-    elif caller.is_admin:
-        rows = await tx.fetch(
-            _SQL["search_walk_all"], query, caller.sees_sealed, *narrow, candidates
-        )
-    else:
-        rows = await tx.fetch(
-            _SQL["search_walk_scoped"], query, caller.id, caller.sees_sealed, *narrow, candidates
-        )
+    statement = _SQL["search_indexed" if plan == "index" else "search_walk"]
+    rows = await tx.fetch(
+        statement, query, caller.id, caller.is_admin, caller.sees_sealed, *narrow, candidates
+    )
     return [(float(r["rank"]), int(r["document_id"])) for r in rows if r["rank"] is not None]

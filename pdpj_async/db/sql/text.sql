@@ -91,42 +91,28 @@ SELECT 1 FROM pdpj.document_texts t WHERE t.tsv @@ pdpj.websearch_relaxed($1)
 UNION ALL
 SELECT 1 FROM pdpj.document_texts t;
 
--- name: search_walk_all
--- Candidates for an admin, walking all texts newest first: $1 query, $2 sees sealed,
--- $3 process number, $4 type, $5/$6 juntada range, $7 how many.
+-- name: search_walk
+-- Candidates walking the visible texts newest first: $1 query, $2 the key, $3 admin (all
+-- processes), $4 sees sealed, $5 process number, $6 type, $7/$8 juntada range, $9 how many (the
+-- parameters of search_indexed). The search plans each query for its own values
+-- (db.custom_plans), so `$3 OR ...` folds away: an admin walks all texts, a key its processes
+-- (through their own index for a key with few, all texts newest first for a key with many).
 SELECT v.document_id, pdpj.exact_rank(v.tsv, $1) AS rank
 FROM (SELECT t.document_id, t.tsv
       FROM pdpj.document_texts t
       WHERE t.status = 'available'
-        AND ($2 OR NOT t.sealed)
-        AND ($3::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $3))
-        AND ($4::text IS NULL OR t.type_name = $4)
-        AND ($5::timestamptz IS NULL OR t.juntada_at >= $5)
-        AND ($6::timestamptz IS NULL OR t.juntada_at < $6)
+        AND ($3 OR t.process_id IN (SELECT a.process_id FROM pdpj.process_access a
+                                    WHERE a.api_key_id = $2))
+        AND ($4 OR NOT t.sealed)
+        AND ($5::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $5))
+        AND ($6::text IS NULL OR t.type_name = $6)
+        AND ($7::timestamptz IS NULL OR t.juntada_at >= $7)
+        AND ($8::timestamptz IS NULL OR t.juntada_at < $8)
       ORDER BY t.juntada_at DESC NULLS LAST, t.document_id DESC
       -- A fence: the words are tested after the scope and the order, on the texts walked.
       OFFSET 0) v
 WHERE v.tsv @@ pdpj.websearch_relaxed($1)
-LIMIT $7;
-
--- name: search_walk_scoped
--- The same for key $2 (its processes: the planner walks them through their own index for a key
--- with few, or all texts newest first for a key with many); $3 sees sealed, then as above.
-SELECT v.document_id, pdpj.exact_rank(v.tsv, $1) AS rank
-FROM (SELECT t.document_id, t.tsv
-      FROM pdpj.document_texts t
-      WHERE t.status = 'available'
-        AND t.process_id IN (SELECT a.process_id FROM pdpj.process_access a
-                             WHERE a.api_key_id = $2)
-        AND ($3 OR NOT t.sealed)
-        AND ($4::text IS NULL OR t.process_id = (SELECT id FROM pdpj.processes WHERE number = $4))
-        AND ($5::text IS NULL OR t.type_name = $5)
-        AND ($6::timestamptz IS NULL OR t.juntada_at >= $6)
-        AND ($7::timestamptz IS NULL OR t.juntada_at < $7)
-      ORDER BY t.juntada_at DESC NULLS LAST, t.document_id DESC
-      OFFSET 0) v
-WHERE v.tsv @@ pdpj.websearch_relaxed($1)
-LIMIT $8;
+LIMIT $9;
 
 -- name: search_indexed
 -- Candidates from the GIN index: $1 query, $2 the key, $3 admin (all processes), $4 sees
