@@ -419,20 +419,28 @@ async def test_a_sealed_new_document_is_listed_restricted_in_a_change_without_th
     assert (shown["restricted"], shown["arquivo"]["tamanho"]) == (False, 5000)
 
 
-async def test_undated_movements_come_last_and_page_by_cursor(pool: asyncpg.Pool) -> None:
+async def stored_baseline(pool: asyncpg.Pool, raw: dict[str, Any]) -> int:
+    """A process row for the fixture's number, its first answer recorded (no change); its id."""
     from pdpj_async import db, process_data
 
-    raw = contract_details()
-    moves = raw["tramitacaoAtual"]["movimentos"]
-    moves += [{"descricao": "Sem data"}, {"dataHora": "não é data", "descricao": "Data ruim"}]
-    raw.pop("tramitacoes")
-    process_id = await pool.fetchval(
+    process_id: int = await pool.fetchval(
         "INSERT INTO pdpj.processes (number, raw) VALUES ($1, $2) RETURNING id",
         FIXTURE_NUMBER,
         raw,
     )
     async with db.transaction(pool) as conn:
         assert await process_data.record(conn, process_id, raw) is None  # the baseline
+    return process_id
+
+
+async def test_undated_movements_come_last_and_page_by_cursor(pool: asyncpg.Pool) -> None:
+    from pdpj_async import process_data
+
+    raw = contract_details()
+    moves = raw["tramitacaoAtual"]["movimentos"]
+    moves += [{"descricao": "Sem data"}, {"dataHora": "não é data", "descricao": "Data ruim"}]
+    raw.pop("tramitacoes")
+    process_id = await stored_baseline(pool, raw)
     seen: list[Any] = []
     cursor = None
     while True:

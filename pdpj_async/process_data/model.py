@@ -181,6 +181,9 @@ class Parsed(msgspec.Struct, kw_only=True):
     data: ProcessData
     movements: list[Movimento]
     movement_raw: list[dict[str, Any]]
+    # Each movement's instant in UTC as ISO 8601 text (None when undated): what is stored, exact
+    # for any offset (JSON writes offsets to the minute).
+    movement_at: list[str | None]
 
 
 class FieldChange(msgspec.Struct, kw_only=True):

@@ -14,7 +14,7 @@ from ..errors import InvalidRequest, NotFound
 from ..logs import get_logger
 from .diff import diff
 from .mask import mask_builtins, mask_data, sealed_document, visible_documents
-from .model import Change, Diff, Movimento, ProcessData
+from .model import Change, Diff, Movimento, Parsed, ProcessData
 from .parse import parse
 
 log = get_logger(__name__)
@@ -49,10 +49,11 @@ async def _record(conn: Connection, process_id: int, raw: dict[str, Any]) -> Dif
     rows = await conn.fetch(_SQL["known_movements"], process_id)
     known: dict[str, str] = {r["id"]: r["instances"] for r in rows}
     old = _decode_data(stored["data"]) if stored is not None else None
-    found = diff(old or parsed.data, parsed.data, set(known), parsed.movements)
-    await _store_movements(conn, process_id, parsed.movements, parsed.movement_raw, known)
+    # A baseline has nothing to compare with (diffing the data with itself only cost CPU).
+    found = diff(old, parsed.data, set(known), parsed.movements) if old is not None else None
+    await _store_movements(conn, process_id, parsed, known)
     await conn.execute(_SQL["put_snapshot"], process_id, _encode(parsed.data).decode())
-    if old is None or found.empty:
+    if found is None or found.empty:
         return None
     # What the change lists was first seen now (the transaction's time, as the rows say).
     seen_at = await conn.fetchval(_SQL["now"])
@@ -81,21 +82,18 @@ async def _record(conn: Connection, process_id: int, raw: dict[str, Any]) -> Dif
 async def _store_movements(
     conn: Connection,
     process_id: int,
-    moves: list[Movimento],
-    raws: list[dict[str, Any]],
+    parsed: Parsed,
     known: dict[str, str],
 ) -> None:
-    new = [(m, r) for m, r in zip(moves, raws, strict=True) if m.id not in known]
-    if new:
-        await conn.execute(
-            _SQL["insert_movements"],
-            process_id,
-            [m.id for m, _ in new],
-            [m.dataHora for m, _ in new],
-            [m.descricao for m, _ in new],
-            [_SEP.join(m.instances) for m, _ in new],
-            [r for _, r in new],
-        )
+    moves = parsed.movements
+    found = zip(moves, parsed.movement_at, parsed.movement_raw, strict=True)
+    rows = [
+        (m.id, at, m.descricao, _SEP.join(m.instances), r)
+        for m, at, r in found
+        if m.id not in known
+    ]
+    if rows:
+        await conn.execute(_SQL["insert_movements"], process_id, _encode(rows).decode())
     # A movement already stored that an instance lists for the first time.
     grown = [
         m

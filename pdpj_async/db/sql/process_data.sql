@@ -26,12 +26,12 @@ SELECT id, array_to_string(instances, E'\x1f') AS instances
 FROM pdpj.process_movements WHERE process_id = $1;
 
 -- name: insert_movements
--- New movements; $5 holds each one's instances joined by U+001F (arrays of arrays must be
--- rectangular, so they travel as text).
+-- New movements as one JSON array of [id, instant in UTC as ISO 8601 text, descricao, instances
+-- joined by U+001F, raw entry]: one parameter the client encodes in C at once, where six arrays
+-- cost it a type check and a codec call per element.
 INSERT INTO pdpj.process_movements (process_id, id, data_hora, descricao, instances, raw)
-SELECT $1, u.id, u.data_hora, u.descricao, string_to_array(u.instances, E'\x1f'), u.raw
-FROM unnest($2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::jsonb[])
-     AS u(id, data_hora, descricao, instances, raw)
+SELECT $1, e->>0, (e->>1)::timestamptz, e->>2, string_to_array(e->>3, E'\x1f'), e->4
+FROM jsonb_array_elements($2::text::jsonb) AS e
 ON CONFLICT (process_id, id) DO NOTHING;
 
 -- name: set_movement_instances
