@@ -163,11 +163,9 @@ async def documents_available(
     available or failed already) is left as it was. Allowed from pending too, as the single
     path's re-assertion of processing allows: a release may have raced the transfer.
     """
-    ids = [f.document_id for f in finished]
-    await conn.fetch(_DOCS["lock_documents"], ids)
     rows = await conn.fetch(
         _DOCS["make_available_many"],
-        ids,
+        [f.document_id for f in finished],
         [f.size for f in finished],
         [f.sha256 for f in finished],
         [f.storage_key for f in finished],

@@ -164,6 +164,43 @@ async def test_complete_in_the_callers_transaction_rolls_back_with_it(pool: asyn
     assert len(await _queued(pool)) == 1
 
 
+async def test_completion_queues_its_follow_up_work_and_wakes_the_pools(
+    pool: asyncpg.Pool, db_dsn: str
+) -> None:
+    """A handler's completion and the work that follows it (a stored document's text) go in
+    one statement: both are there at once, and pools waiting for that kind are woken."""
+    queue = Queue(pool, CONFIG, "a")
+    async with pool.acquire() as conn:
+        await queue.enqueue_many(conn, "download", ["1", "2"])
+    tasks = await queue.claim(2, ["download"])
+    woken: list[str] = []
+    listener = await asyncpg.connect(db_dsn)
+    try:
+        await listener.add_listener("pdpj_queue", lambda *args: woken.append(args[3]))
+        done = await queue.complete_many(tasks, then=("text", ["1", "2"]))
+        for _ in range(100):
+            if woken:
+                break
+            await listener.execute("SELECT 1")
+    finally:
+        await listener.close()
+    assert done == {t.id for t in tasks}
+    assert await queue.depth() == {"text": 2}
+    assert woken == ["text"]
+
+
+async def test_a_lost_lease_queues_no_follow_up_work(pool: asyncpg.Pool) -> None:
+    queue = Queue(pool, CONFIG, "a")
+    async with pool.acquire() as conn:
+        await queue.enqueue_many(conn, "download", ["1", "2"])
+    first, second = await queue.claim(2, ["download"])
+    # The second row was taken over meanwhile (its lease expired and another worker has it).
+    await pool.execute("UPDATE pdpj.queue SET lease_owner = 'b' WHERE id = $1", second.id)
+    done = await queue.complete_many([first, second], then=("text", ["1", "2"]))
+    assert done == {first.id}
+    assert "text" not in await queue.depth()
+
+
 async def test_cancel_deletes_rows_of_the_refs(pool: asyncpg.Pool) -> None:
     queue = Queue(pool, CONFIG, "a")
     async with pool.acquire() as conn:

@@ -158,16 +158,33 @@ class Queue:
         task.completed = True
 
     async def complete_many(
-        self, tasks: Sequence[Task], *, conn: Connection | None = None
+        self,
+        tasks: Sequence[Task],
+        *,
+        conn: Connection | None = None,
+        then: tuple[str, Sequence[str]] | None = None,
     ) -> set[int]:
-        """Delete the rows of finished tasks in one statement; returns the ids deleted."""
+        """Delete the rows of finished tasks in one statement; returns the ids deleted.
+
+        `then` = (kind, refs): the work that follows, queued (as `enqueue_many` with its
+        defaults) by the same statement, so that a handler's completion and its follow-up rows
+        cost one round trip. Inside `conn`'s transaction both stand or fall together."""
         ids, attempts = _fences(tasks)
         if not ids:
             return set()
-        rows = await (conn or self.pool).fetch(_SQL["complete_many"], ids, attempts, self.owner)
+        executor = conn or self.pool
+        if then is not None and then[1]:
+            kind, refs = then
+            sql, args = _SQL["complete_many_then"], (kind, list(refs), self.config.max_attempts)
+            row = await executor.fetchrow(sql, ids, attempts, self.owner, *args)
+            assert row is not None  # an aggregate: always one row
+            done: list[int] = row["done"]
+        else:
+            rows = await executor.fetch(_SQL["complete_many"], ids, attempts, self.owner)
+            done = [r[0] for r in rows]
         for task in tasks:
             task.completed = True
-        return {r[0] for r in rows}
+        return set(done)
 
     async def fail(
         self,

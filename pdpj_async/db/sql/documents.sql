@@ -66,13 +66,14 @@ FROM doc
 JOIN pdpj.processes p ON p.id = doc.process_id
 CROSS JOIN async_commit;
 
--- name: lock_documents
--- Documents in id order, before any job: the lock order of every transaction.
-SELECT id FROM pdpj.documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE;
-
 -- name: make_available_many
--- Several finished downloads at once (their rows locked already): each document becomes
--- available with what was stored, if its status is one of $6.
+-- Several finished downloads at once, in one round trip: the documents are locked in id order
+-- first (the lock order of every transaction: whatever plan the update gets, each row it
+-- touches is locked by `locked` beforehand, in that order), then each becomes available with
+-- what was stored, if its status is one of $6.
+WITH locked AS (
+    SELECT id FROM pdpj.documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+)
 UPDATE pdpj.documents d
 SET status = 'available',
     download_completed_at = now(),
@@ -84,5 +85,6 @@ SET status = 'available',
     updated_at = now()
 FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
      AS t(id, size, sha256, storage_key, mime_type)
+JOIN locked ON locked.id = t.id
 WHERE d.id = t.id AND d.status = ANY($6::text[])
 RETURNING d.id;

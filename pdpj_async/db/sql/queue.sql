@@ -89,6 +89,29 @@ USING unnest($1::bigint[], $2::integer[]) AS t(id, attempts)
 WHERE q.id = t.id AND q.attempts = t.attempts AND q.lease_owner = $3
 RETURNING q.id;
 
+-- name: complete_many_then
+-- complete_many, and rows of kind $4 queued for the refs $5 (new ones only, as enqueue_many
+-- with its defaults; $6: max_attempts) in the same statement: a handler's follow-up work costs
+-- no round trip of its own. Queued only when every row was completed: a lost lease queues
+-- nothing (its worker's caller rolls back or redoes the lot). Answers the ids deleted (and reads `notified`, which a CTE that is
+-- not read would never run).
+WITH done AS (
+    DELETE FROM pdpj.queue AS q
+    USING unnest($1::bigint[], $2::integer[]) AS t(id, attempts)
+    WHERE q.id = t.id AND q.attempts = t.attempts AND q.lease_owner = $3
+    RETURNING q.id
+), ins AS (
+    INSERT INTO pdpj.queue (kind, ref, payload, priority, run_at, max_attempts)
+    SELECT $4, r.ref, '{}'::jsonb, 0, now(), $6
+    FROM unnest($5::text[]) AS r(ref)
+    WHERE (SELECT count(*) FROM done) = cardinality($1::bigint[])
+    ON CONFLICT (kind, ref) DO NOTHING
+    RETURNING 1
+), notified AS (
+    SELECT pg_notify('pdpj_queue', $4) WHERE EXISTS (SELECT 1 FROM ins)
+)
+SELECT ARRAY(SELECT id FROM done) AS done, (SELECT count(*) FROM notified) AS notified;
+
 -- name: heartbeat
 UPDATE pdpj.queue AS q
 SET lease_expires_at = now() + make_interval(secs => $4)
