@@ -25,6 +25,7 @@ log = get_logger(__name__)
 # How long the HTTP server waits for requests in flight once told to stop.
 HTTP_SHUTDOWN_S = 5.0
 STATUS_EVERY_S = 5.0
+GC_GEN0_THRESHOLD = 10_000
 
 
 class Notifier:
@@ -133,6 +134,12 @@ async def serve(
         # out of the cyclic GC, whose full collections would walk it again and again under load.
         gc.collect()
         gc.freeze()
+        # Each handled document leaves a few reference cycles (tasks, futures, exceptions), and
+        # the default first-generation threshold (700 allocations) ran a collection every few
+        # documents: 2-3% of the event loop's CPU in an e2e profile. At 10,000 a young
+        # collection is rarer and finds more of its objects freed by reference counting already;
+        # the garbage it may hold meanwhile is a few MB at most.
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         failures = await health.readiness_failures(app)
         log.info("daemon_ready", host=config.http.host, port=config.http.port, not_ready=failures)
         notifier.send("READY=1", f"STATUS={await status_line(app)}", f"MAINPID={os.getpid()}")

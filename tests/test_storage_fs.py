@@ -131,8 +131,8 @@ async def test_every_directory_made_for_an_object_is_fsynced_after_its_rename(
     synced: list[Path] = []
     real = fs._fsync_dir
 
-    def spy(path: Path) -> None:
-        synced.append(path)
+    def spy(path: str | Path) -> None:
+        synced.append(Path(path))
         real(path)
 
     def unsupported(*_args: object) -> None:
