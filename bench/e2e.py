@@ -13,6 +13,10 @@ this process. Beside it, on the same sandbox and store:
          it is slow by design, so it runs on the first --seed-processes processes only.
   limit: only the bytes, streamed from the sandbox into the store at the daemon's
          concurrency (queue.workers), with no database and no bookkeeping.
+  floor: the limit, plus what any store that publishes a checksum and survives a crash must
+         do: sha256 of every byte; on the filesystem, a temp file in the object's own new
+         directory, fsynced, renamed, and both directories fsynced (`--no-floor` skips it).
+         cpu_vs_floor is the daemon's CPU per document beyond those guarantees.
 Then docs/s against workers (1, 4, 16, 64) and upstream latency (0, 50, 200 ms) on a smaller
 workload (filesystem), plotted to docs/e2e_workers.png. Results: bench/results/e2e.json.
 The services (PostgreSQL, sandbox, S3, the daemon) come from bench/harness.py. S3 is
@@ -24,12 +28,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import math
 import os
 import random
 import resource
-import shutil
 import signal
 import statistics
 import sys
@@ -295,7 +299,7 @@ async def run_ours(
         daemon.stop()
         if s3 is not None:
             s3.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        harness.remove_tree(data_dir)
 
 
 async def drain_text(base: str, usage: harness.Usage, at_end: dict[str, Any]) -> dict[str, Any]:
@@ -383,6 +387,22 @@ def _fs_path(spec: dict[str, Any], href: str) -> Path:
     return path
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish(fd: int, tmp: Path, directory: Path) -> None:
+    """The floor's durable publish: the file's fsync, its rename, then both directories'."""
+    os.fsync(fd)
+    os.replace(tmp, directory / "document")
+    _fsync_dir(directory)
+    _fsync_dir(directory.parent)
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with path.open("wb") as f:
         f.write(data)
@@ -451,7 +471,7 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
     part = 8 * 2**20
     s3 = await _store_s3(spec).__aenter__() if spec.get("s3") else None
 
-    async def to_s3(resp: aiohttp.ClientResponse, key: str) -> int:
+    async def to_s3(resp: aiohttp.ClientResponse, key: str, digest: Any = None) -> int:
         assert s3 is not None
         buf = bytearray()
         upload_id = None
@@ -460,6 +480,8 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
         async for chunk in resp.content.iter_chunked(CHUNK):
             buf += chunk
             size += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
             if len(buf) >= part:
                 if upload_id is None:
                     upload_id = (await s3.create_multipart_upload(Bucket=BUCKET, Key=key))[
@@ -496,12 +518,43 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
             await asyncio.to_thread(os.fsync, f.fileno())
         return size
 
+    async def to_fs_floor(resp: aiohttp.ClientResponse, href: str) -> int:
+        # The same bytes stored as any store that publishes a checksum and survives a crash
+        # must: sha256 of every byte; a temp file in the object's own new directory (the
+        # daemon's layout, {uuid}/{name}); then, off the loop, its fsync, the rename into place
+        # and the fsyncs of that directory and of the one it was made in. Written and hashed
+        # on the loop, as the limit writes: the least CPU, not what a server can afford.
+        directory = _fs_path(spec, href)
+        directory.mkdir()
+        tmp = directory / ".part"
+        digest = hashlib.sha256()
+        size = 0
+        with tmp.open("xb") as f:
+            async for chunk in resp.content.iter_chunked(CHUNK):
+                digest.update(chunk)
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            await asyncio.to_thread(_publish, f.fileno(), tmp, directory)
+        digest.hexdigest()
+        return size
+
+    async def to_s3_floor(resp: aiohttp.ClientResponse, key: str) -> int:
+        # The checksum is the floor's only addition on S3: a PUT is atomic and durable there.
+        digest = hashlib.sha256()
+        size = await to_s3(resp, key, digest)
+        return size
+
     async def worker(http: aiohttp.ClientSession) -> None:
         while todo:
             href, _ = todo.pop(0)
             async with http.get(spec["api"] + href) as resp:
                 resp.raise_for_status()
-                size = await (to_s3(resp, href.strip("/")) if s3 else to_fs(resp, href))
+                if spec.get("floor"):
+                    floor = to_s3_floor(resp, href.strip("/")) if s3 else to_fs_floor(resp, href)
+                    size = await floor
+                else:
+                    size = await (to_s3(resp, href.strip("/")) if s3 else to_fs(resp, href))
             done["docs"] += 1
             done["bytes"] += size
 
@@ -533,6 +586,9 @@ async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any])
     out_path = ctx.root / f"{role}-out.json"
     spec_path.write_text(json.dumps(spec))
     argv = [sys.executable, __file__, "--role", role, "--spec", str(spec_path)]
+    if ctx.args.profile and role == "limit":
+        # The limit's profile beside ours: where the same bytes cost what, with nothing else.
+        argv = harness.py_spy_argv(Path(ctx.args.profile) / f"e2e_limit_{backend}.txt") + argv
     child = harness.Proc([*argv, "--out", str(out_path)], ctx.root / f"{role}.log")
     try:
         child.start()
@@ -546,7 +602,7 @@ async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any])
     finally:
         if s3 is not None:
             s3.stop()
-        shutil.rmtree(store_dir, ignore_errors=True)
+        harness.remove_tree(store_dir)
     return {
         "docs_per_s": round(out["docs"] / out["seconds"], 1),
         "mb_per_s": round(out["bytes"] / MB / out["seconds"], 1),
@@ -592,12 +648,19 @@ async def compare(
         ratios = {
             "ours_vs_limit": round(ours["docs_per_s"] / limit["docs_per_s"], 3),
             # CPU per document, the daemon's over the limit script's (same documents).
-            "cpu_vs_limit": round(
-                ours["cpu_s"] / ours["documents"] / (limit["cpu_s"] / limit["documents"]), 3
-            ),
+            "cpu_vs_limit": round(_cpu_per_doc(ours) / _cpu_per_doc(limit), 3),
         }
         results[RESULT_KEYS[backend]] = {"ours": ours, "limit": limit, "ratios": ratios,
                                           "load_avg_at_start": load_avg}  # fmt: skip
+        if not args.no_floor:
+            print(f"[{backend}] floor ...", flush=True)
+            spec = {"api": sandbox.api, "docs": limit_docs, "concurrency": workers, "floor": True}
+            floor = await run_child(ctx, "floor", backend, spec)
+            print(f"[{backend}] floor: {floor}", flush=True)
+            results[RESULT_KEYS[backend]]["floor"] = floor
+            # What the checksum and the durable publish cost by themselves, and ours beyond them.
+            ratios["floor_cpu_vs_limit"] = round(_cpu_per_doc(floor) / _cpu_per_doc(limit), 3)
+            ratios["cpu_vs_floor"] = round(_cpu_per_doc(ours) / _cpu_per_doc(floor), 3)
         if with_seed:
             print(f"[{backend}] seed ({len(seed_numbers)} processes) ...", flush=True)
             seed = await run_child(
@@ -613,6 +676,10 @@ async def compare(
             for frame, inclusive, own in harness.top_frames(ctx.profiles[backend], 40):
                 print(f"    {inclusive:6.1%} {own:6.1%} {frame}")
     return results
+
+
+def _cpu_per_doc(run: dict[str, Any]) -> float:
+    return float(run["cpu_s"]) / float(run["documents"])
 
 
 async def sweep(ctx: Context) -> dict[str, Any]:
@@ -662,7 +729,8 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         chosen["rounds"] = every
         chosen["median"] = {
             name: round(statistics.median(r[name] for r in every), 3)
-            for name in ("ours_vs_limit", "cpu_vs_limit")
+            for name in ("ours_vs_limit", "cpu_vs_limit", "floor_cpu_vs_limit", "cpu_vs_floor")
+            if all(name in r for r in every)
         }
         merged[key] = chosen
     return merged
@@ -785,12 +853,17 @@ def main() -> None:
         help="the daemon with text off (binaries only)",
     )
     parser.add_argument("--out", default=str(RESULT), help="the result file (and a role's)")
-    parser.add_argument("--role", choices=["seed", "limit"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the floor (the limit plus the checksum and a durable publish)",
+    )
+    parser.add_argument("--role", choices=["seed", "limit", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         spec = json.loads(Path(args.spec).read_text())
-        role = seed_role if args.role == "seed" else limit_role
+        role = seed_role if args.role == "seed" else limit_role  # the floor: limit_role too
         # CPU from here on: the interpreter's start and imports are not the work, as the
         # daemon's start is not counted either (its CPU is taken from its first request on).
         before = resource.getrusage(resource.RUSAGE_SELF)
