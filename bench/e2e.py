@@ -536,13 +536,7 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
                 size += len(chunk)
             f.flush()
             await asyncio.to_thread(_publish, f.fileno(), tmp, directory)
-        digest.hexdigest()
-        return size
-
-    async def to_s3_floor(resp: aiohttp.ClientResponse, key: str) -> int:
-        # The checksum is the floor's only addition on S3: a PUT is atomic and durable there.
-        digest = hashlib.sha256()
-        size = await to_s3(resp, key, digest)
+        digest.hexdigest()  # finished, as the daemon's checksum is
         return size
 
     async def worker(http: aiohttp.ClientSession) -> None:
@@ -550,11 +544,14 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
             href, _ = todo.pop(0)
             async with http.get(spec["api"] + href) as resp:
                 resp.raise_for_status()
-                if spec.get("floor"):
-                    floor = to_s3_floor(resp, href.strip("/")) if s3 else to_fs_floor(resp, href)
-                    size = await floor
+                floor = bool(spec.get("floor"))
+                if s3:
+                    # The checksum is the floor's only addition on S3: a PUT is atomic and
+                    # durable there.
+                    digest = hashlib.sha256() if floor else None
+                    size = await to_s3(resp, href.strip("/"), digest)
                 else:
-                    size = await (to_s3(resp, href.strip("/")) if s3 else to_fs(resp, href))
+                    size = await (to_fs_floor(resp, href) if floor else to_fs(resp, href))
             done["docs"] += 1
             done["bytes"] += size
 
