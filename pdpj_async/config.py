@@ -144,6 +144,9 @@ class StorageConfig(_Section, frozen=True):
     url_ttl_s: int = 3600
     # HMAC key for filesystem download URLs; empty means generated under data_dir.
     signing_key: str = ""
+    # Filesystem objects written with O_DIRECT (through the page cache where the filesystem
+    # refuses it): no copy into the cache, no writeback at the fsync.
+    direct_io: bool = True
     bucket: str = "pdpj-documents"
     prefix: str = ""
     endpoint_url: str = ""

@@ -131,7 +131,8 @@ class WriterBase:
 
     @property
     def sha256(self) -> str:
-        """Hex sha256 of the bytes written so far."""
+        """Hex sha256 of the bytes written so far (of all of them once committed: a writer
+        may hash in batches, as the filesystem one does)."""
         return self._hash.hexdigest()
 
     async def write(self, chunk: bytes) -> None:

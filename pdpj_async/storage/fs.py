@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -37,6 +37,7 @@ from ..config import StorageConfig
 from ..errors import ConfigError, InvalidLink, NotFound, StorageError
 from ..logs import get_logger
 from . import StoredObject, WriterBase
+from .fs_direct import DirectIO, ObjectFile
 from .fs_meta import FsMeta, attach_meta, encode_meta, load_meta
 from .presign import quote_key
 
@@ -77,15 +78,23 @@ def _make_dirs(path: str) -> list[str]:
     parent of each one created), deepest first. Fsynced after the object's own directory, they
     make its path durable: a rename survives a crash only if every directory above it does.
 
-    Plain strings and os calls: this runs for every object, and pathlib's objects cost more
-    than the system calls themselves (a tenth of the I/O threads' Python time in a profile)."""
-    created = []
-    missing = path
-    while not os.path.isdir(missing):
-        created.append(missing)
-        missing = os.path.dirname(missing)
-    os.makedirs(path, exist_ok=True)
-    return [os.path.dirname(d) for d in created]
+    Plain strings and os calls, and the mkdir tried first: this runs for every object, whose
+    directory is new and whose parent is not, so one system call is the usual cost (pathlib's
+    objects cost more than the calls themselves, and each call lets the I/O thread's GIL go).
+    A path that exists as a file fails later, at the open inside it."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return []
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        grown = _make_dirs(parent)
+        try:
+            os.mkdir(path)
+        except FileExistsError:  # made meanwhile by another writer, which syncs its parent
+            return grown
+        return [parent, *grown]
+    return [os.path.dirname(path)]
 
 
 def _write_synced(path: Path, data: bytes) -> tuple[Path, list[Path]]:
@@ -158,19 +167,19 @@ class FilesystemWriter(WriterBase):
         self._batch: list[bytes] = []
         self._batch_size = 0
         self._tmp: str | None = None
-        self._file: IO[bytes] | None = None
+        self._file: ObjectFile | None = None
         self._grown: list[str] = []
         # The last call given to an I/O thread: a batch being written while the next one
         # gathers, or the commit. Its await being cancelled does not stop it, so abort waits
         # for it before it discards the file.
         self._inflight: concurrent.futures.Future[Any] | None = None
 
-    def _open(self) -> IO[bytes]:
+    def _open(self) -> ObjectFile:
         # On the I/O thread, with the first bytes: no thread hop of its own.
         if self._file is None:
             self._grown = _make_dirs(self._dir)
             self._tmp = os.path.join(self._dir, f".{secrets.token_hex(8)}{TMP_SUFFIX}")
-            self._file = open(self._tmp, "xb")  # noqa: SIM115 - closed by commit or abort
+            self._file = self._storage.direct.create(self._tmp, self._hash)
         return self._file
 
     async def _write(self, chunk: bytes) -> None:
@@ -200,11 +209,10 @@ class FilesystemWriter(WriterBase):
         except OSError as exc:
             raise StorageError(f"cannot write {self.key}: {exc.strerror}") from exc
 
-    def _write_out(self, chunks: list[bytes]) -> IO[bytes]:
-        # On the I/O thread: sha256 and the write both release the GIL on large buffers.
+    def _write_out(self, chunks: list[bytes]) -> ObjectFile:
+        # On the I/O thread, which also hashes (sha256 and the write let the GIL go).
         file = self._open()
         for chunk in chunks:
-            self._hash.update(chunk)
             file.write(chunk)
         return file
 
@@ -226,9 +234,9 @@ class FilesystemWriter(WriterBase):
         # Ends with the object's directory fsynced, then every directory created for it.
         file = self._write_out(rest)
         assert self._tmp is not None
+        file.finish()  # every byte written and hashed
         sha256 = self._hash.hexdigest()
         meta = encode_meta(msgspec.structs.replace(self._meta, size=self._size, sha256=sha256))
-        file.flush()
         sidecar = sidecar_tmp = None
         sidecar_grown: list[Path] = []
         if not attach_meta(file.fileno(), meta):
@@ -279,6 +287,7 @@ class FilesystemStorage:
         self._signing_key = key
         self._base = public_url.rstrip("/") + ROUTE_PREFIX
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="pdpj-fs")
+        self.direct = DirectIO(config.direct_io)
 
     async def run(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run blocking file I/O on this store's own threads."""
@@ -430,3 +439,4 @@ class FilesystemStorage:
     async def close(self) -> None:
         """Stop the I/O threads (after the running calls end)."""
         await asyncio.to_thread(self._io.shutdown)
+        self.direct.close()
