@@ -18,6 +18,7 @@ BENCHES = [
     "presign.py",
     "upstream_stream.py",
     "pipeline.py",
+    "fs_write.py",
     "webhooks.py",
     "api.py",
     "load.py",
