@@ -130,18 +130,24 @@ async def test_a_filesystem_refusing_direct_io_at_open_gets_buffered_writes(
     assert not storage.direct.enabled
 
 
+@pytest.mark.parametrize("taken_first", [0, 2 * ALIGN], ids=["at-once", "after-a-short-write"])
 async def test_a_filesystem_refusing_direct_writes_finishes_the_object_buffered(
-    storage_of: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    storage_of: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, taken_first: int
 ) -> None:
-    """Open takes O_DIRECT and the first direct write fails (a device with blocks larger than
-    the buffer's alignment): written as the device answers, here by refusing the write."""
+    """Open takes O_DIRECT and a direct write fails (a device with blocks larger than the
+    buffer's alignment), at once or after a short write took some bytes: written as such a
+    device answers, here by refusing; what was taken is not written twice."""
     if not direct_io_works(tmp_path):
         pytest.skip("this filesystem refuses O_DIRECT at open already")
     real = os.write
     refused: list[int] = []
+    took: list[int] = []
 
     def no_direct_write(fd: int, data: Any) -> int:
         if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            if taken_first and not took:
+                took.append(real(fd, memoryview(data)[:taken_first]))
+                return took[0]
             refused.append(fd)
             raise OSError(errno.EINVAL, "Invalid argument")
         return real(fd, data)

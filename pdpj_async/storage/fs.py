@@ -1,8 +1,9 @@
 """Filesystem backend (the embedded default): atomic writes and HMAC-signed download URLs.
 
-An object is written to a hidden temp file in its target directory, fsynced, and renamed
-into place (then the directory is fsynced, and every directory created for it: a rename is only
-as durable as the path above it), so the final key never holds a partial object.
+An object is written to a hidden temp file in its target directory (with O_DIRECT where the
+filesystem takes it: `fs_direct`), fsynced, and renamed into place (then the directory is
+fsynced, and every directory created for it: a rename is only as durable as the path above
+it), so the final key never holds a partial object.
 Content type, original name, size, sha256 and metadata travel with the file, in its extended
 attribute `user.pdpj.meta`, set before the fsync that makes the data durable: one flush covers
 both, and the rename moves them together. On a filesystem without user extended attributes

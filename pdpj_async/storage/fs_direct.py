@@ -120,16 +120,16 @@ class ObjectFile:
                 self._fill = 0
 
     def _write_direct(self, data: memoryview) -> None:
-        try:
-            _write_all(self._fd, data)
-        except OSError as exc:
-            # A device whose blocks are larger than ALIGN, or a filesystem that takes the flag
-            # at open and not at write: the same bytes, buffered, from here on.
-            if exc.errno != errno.EINVAL:
-                raise
-            self._io.refused()
-            self._go_buffered()
-            _write_all(self._fd, data)
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except OSError as exc:
+                # A device whose blocks are larger than ALIGN, or a filesystem that takes the
+                # flag at open and not at write: what is left, buffered, from here on.
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._io.refused()
+                self._go_buffered()
 
     def finish(self) -> None:
         """Write what the buffer still holds (buffered: it is under a whole buffer and need
