@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 	    { apt-get install -y -qq pgbouncer >/dev/null 2>&1 || \
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq pgbouncer >/dev/null 2>&1; }; }; } || \
 	  echo "pgbouncer not installed: the tests that need it will be skipped"
+	@# Tesseract with its Portuguese data (Debian's packages) for the OCR test, the same way.
+	@tesseract --list-langs 2>/dev/null | grep -qx por || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { apt-get install -y -qq tesseract-ocr tesseract-ocr-por >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        apt-get install -y -qq tesseract-ocr tesseract-ocr-por >/dev/null 2>&1; }; }; } || \
+	  echo "tesseract (por) not installed: the OCR test will be skipped"
 	touch $@
 
 install: $(STAMP)
