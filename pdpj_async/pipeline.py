@@ -30,7 +30,8 @@ from .errors import (
 from .logs import get_logger
 from .processes import DOWNLOAD_KIND
 from .queue import workers
-from .text import TEXT_KIND
+from .queue.table import FollowUp
+from .text import TEXT_KIND, TEXT_PRIORITY
 from .text import store as text_store
 from .upstream import pacing
 
@@ -123,7 +124,8 @@ class Finisher:
                     )
                     # Its text comes next, queued with the rows' completion (same statement);
                     # with text.enabled off, its state says so instead.
-                    then = (TEXT_KIND, [str(i) for i in sorted(changed)]) if self._texts else None
+                    refs = [str(i) for i in sorted(changed)]
+                    then = FollowUp(TEXT_KIND, refs, TEXT_PRIORITY) if self._texts else None
                     if not self._texts and changed:
                         await text_store.mark_off(conn, sorted(changed))
                     # Queue rows last: guarded by the leases. A row taken over by another

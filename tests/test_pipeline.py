@@ -22,7 +22,7 @@ import msgspec
 import pytest
 
 from pdpj_async import db, keys
-from pdpj_async.cnj import parse
+from pdpj_async.cnj import compose, parse
 from pdpj_async.config import Config, StorageConfig
 from pdpj_async.pipeline import Downloader
 from pdpj_async.processes import DOWNLOAD_KIND, ProcessService
@@ -31,8 +31,10 @@ from pdpj_async.queue.table import Queue
 from pdpj_async.queue.workers import WorkerPool
 from pdpj_async.storage import MIN_PART_SIZE, Storage, content_disposition, create_storage
 from pdpj_async.storage.fs import META_DIR, TMP_SUFFIX, load_meta
+from pdpj_async.text import TEXT_KIND, TEXT_PRIORITY
 from pdpj_async.upstream.client import PdpjClient
 from pdpj_async.upstream.tokens import FileTokenProvider, TokenProvider
+from pdpj_async.watches import REFRESH_PRIORITY
 from tests.fixtures.app import make_config, stack_config
 from tests.fixtures.s3 import S3Bucket
 from tests.fixtures.sandbox import Sandbox
@@ -297,6 +299,36 @@ async def test_documents_of_every_size_land_whole_with_their_metadata(
     assert again.job is not None and again.job.status == "completed"
     assert again.job.completed_documents == len(SIZES)
     assert (await sandbox.stats())["documents"] == before["documents"]
+
+
+async def test_a_requested_download_goes_before_the_text_of_stored_documents(
+    make_instance: MakeInstance, sandbox: Sandbox
+) -> None:
+    # A's documents are stored, and their text is queued by the commit that stored them.
+    stored = await sandbox.override(NUMBER, documents=[{"size": 100}, {"size": 200}])
+    daemon = await make_instance()
+    assert (await daemon.wait_job(await daemon.request()))["status"] == "completed"
+    await daemon.workers.stop(2.0)
+    # Then B is requested, and a followed process's refresh has a download queued.
+    later = compose(7, "2025", "8", "26", "0100")
+    await sandbox.override(later, documents=[{"size": 300}])
+    await daemon.request(later)
+    refreshed = await daemon.document(stored[0]["uuid"])
+    async with daemon.pool.acquire() as conn:
+        await daemon.queue.enqueue_many(
+            conn, DOWNLOAD_KIND, [str(refreshed["id"])], priority=REFRESH_PRIORITY
+        )
+    # What the next worker takes: B's download (queued last), the texts, then the refresh.
+    claimed = await Queue(daemon.pool, daemon.config.queue, "next").claim(
+        10, [DOWNLOAD_KIND, TEXT_KIND]
+    )
+    assert [(t.kind, t.priority) for t in claimed] == [
+        (DOWNLOAD_KIND, 0),
+        (TEXT_KIND, TEXT_PRIORITY),
+        (TEXT_KIND, TEXT_PRIORITY),
+        (DOWNLOAD_KIND, REFRESH_PRIORITY),
+    ]
+    assert 0 > TEXT_PRIORITY > REFRESH_PRIORITY
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 from pdpj_async.config import QueueConfig
 from pdpj_async.errors import LeaseLost
-from pdpj_async.queue.table import Queue
+from pdpj_async.queue.table import FollowUp, Queue
 
 CONFIG = QueueConfig(lease_s=30.0, backoff_base_s=0.05, backoff_cap_s=0.2, max_attempts=3)
 
@@ -177,7 +177,7 @@ async def test_completion_queues_its_follow_up_work_and_wakes_the_pools(
     listener = await asyncpg.connect(db_dsn)
     try:
         await listener.add_listener("pdpj_queue", lambda *args: woken.append(args[3]))
-        done = await queue.complete_many(tasks, then=("text", ["1", "2"]))
+        done = await queue.complete_many(tasks, then=FollowUp("text", ["1", "2"], priority=-5))
         for _ in range(100):
             if woken:
                 break
@@ -187,6 +187,8 @@ async def test_completion_queues_its_follow_up_work_and_wakes_the_pools(
     assert done == {t.id for t in tasks}
     assert await queue.depth() == {"text": 2}
     assert woken == ["text"]
+    priorities = await pool.fetch("SELECT priority FROM pdpj.queue WHERE kind = 'text'")
+    assert [r["priority"] for r in priorities] == [-5, -5]
 
 
 async def test_a_lost_lease_queues_no_follow_up_work(pool: asyncpg.Pool) -> None:
@@ -196,7 +198,7 @@ async def test_a_lost_lease_queues_no_follow_up_work(pool: asyncpg.Pool) -> None
     first, second = await queue.claim(2, ["download"])
     # The second row was taken over meanwhile (its lease expired and another worker has it).
     await pool.execute("UPDATE pdpj.queue SET lease_owner = 'b' WHERE id = $1", second.id)
-    done = await queue.complete_many([first, second], then=("text", ["1", "2"]))
+    done = await queue.complete_many([first, second], then=FollowUp("text", ["1", "2"]))
     assert done == {first.id}
     assert "text" not in await queue.depth()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -41,6 +41,15 @@ class Task(msgspec.Struct, kw_only=True):
     rescued: bool = False
     # Set by Queue.complete, so that the worker pool does not complete the row a second time.
     completed: bool = False
+
+
+class FollowUp(NamedTuple):
+    """Rows queued by the statement that completes the rows they follow (see complete_many)."""
+
+    kind: str
+    refs: Sequence[str]
+    # Claimed after the due rows of higher priority (of every kind), before those of lower.
+    priority: int = 0
 
 
 class Queue:
@@ -162,20 +171,20 @@ class Queue:
         tasks: Sequence[Task],
         *,
         conn: Connection | None = None,
-        then: tuple[str, Sequence[str]] | None = None,
+        then: FollowUp | None = None,
     ) -> set[int]:
         """Delete the rows of finished tasks in one statement; returns the ids deleted.
 
-        `then` = (kind, refs): the work that follows, queued (as `enqueue_many` with its
-        defaults) by the same statement, so that a handler's completion and its follow-up rows
+        `then`: the work that follows, queued (as `enqueue_many` with its defaults, at its
+        priority) by the same statement, so that a handler's completion and its follow-up rows
         cost one round trip. Inside `conn`'s transaction both stand or fall together."""
         ids, attempts = _fences(tasks)
         if not ids:
             return set()
         executor = conn or self.pool
-        if then is not None and then[1]:
-            kind, refs = then
-            sql, args = _SQL["complete_many_then"], (kind, list(refs), self.config.max_attempts)
+        if then is not None and then.refs:
+            sql = _SQL["complete_many_then"]
+            args = (then.kind, list(then.refs), self.config.max_attempts, then.priority)
             row = await executor.fetchrow(sql, ids, attempts, self.owner, *args)
             assert row is not None  # an aggregate: always one row
             done: list[int] = row["done"]

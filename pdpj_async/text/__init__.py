@@ -7,6 +7,12 @@ from __future__ import annotations
 
 # The queue kind of text work; its ref is the document id (pdpj.documents.id).
 TEXT_KIND = "text"
+# Text rows are claimed after the downloads a client waits for (priority 0) and before the
+# refreshes of followed processes (watches.REFRESH_PRIORITY, -10): a document reaches its
+# client first, its text (CPU, and a second PDPJ request) follows once no requested download
+# is waiting. Shared worker slots otherwise went to text rows in the middle of a requested
+# process's downloads (e2e: 600 of them in the 25 s to the last webhook).
+TEXT_PRIORITY = -5
 # The name of a document's text beside its binary.
 TEXT_NAME = "text.txt"
 

@@ -20,7 +20,7 @@ from .. import cnj
 from ..config import Config
 from ..db import transaction
 from ..queue.table import Queue
-from . import TEXT_KIND, store
+from . import TEXT_KIND, TEXT_PRIORITY, store
 
 BATCH = 1000
 Database = Callable[[Config], AbstractAsyncContextManager[asyncpg.Pool]]
@@ -36,7 +36,7 @@ async def rebuild(pool: asyncpg.Pool, config: Config, process: str | None, after
             return total
         async with transaction(pool) as conn:
             await store.mark_pending(conn, ids)
-            await queue.enqueue_many(conn, TEXT_KIND, [str(i) for i in ids])
+            await queue.enqueue_many(conn, TEXT_KIND, [str(i) for i in ids], priority=TEXT_PRIORITY)
         total += len(ids)
         after = ids[-1]
         sys.stdout.write(f"queued {total} documents (up to id {after})\n")

@@ -91,7 +91,7 @@ RETURNING q.id;
 
 -- name: complete_many_then
 -- complete_many, and rows of kind $4 queued for the refs $5 (new ones only, as enqueue_many
--- with its defaults; $6: max_attempts) in the same statement: a handler's follow-up work costs
+-- with its defaults; $6: max_attempts, $7: priority) in the same statement: a handler's follow-up work costs
 -- no round trip of its own. Queued only when every row was completed: a lost lease queues
 -- nothing (its worker's caller rolls back or redoes the lot). Answers the ids deleted, and
 -- reads `notified`, which, as a CTE nobody read, would never run.
@@ -102,7 +102,7 @@ WITH done AS (
     RETURNING q.id
 ), ins AS (
     INSERT INTO pdpj.queue (kind, ref, payload, priority, run_at, max_attempts)
-    SELECT $4, r.ref, '{}'::jsonb, 0, now(), $6
+    SELECT $4, r.ref, '{}'::jsonb, $7, now(), $6
     FROM unnest($5::text[]) AS r(ref)
     WHERE (SELECT count(*) FROM done) = cardinality($1::bigint[])
     ON CONFLICT (kind, ref) DO NOTHING
