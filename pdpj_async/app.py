@@ -262,6 +262,8 @@ async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
         downloader.handle,
         on_final_failure=downloader.on_final_failure,
         gate=app[appkeys.GATE],
+        prepare=downloader.prepare,
+        unprepare=downloader.unprepare,
     )
     texts = TextWorker(app[appkeys.POOL], app[appkeys.STORAGE], app[appkeys.UPSTREAM], config.text)
     pool.register(TEXT_KIND, texts.handle, on_final_failure=texts.on_final_failure, gate=texts.gate)

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 GENERIC_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
+# A prepared task whose document the start refused (gone, or available already).
+_REFUSED = object()
 
 
 @dataclass(slots=True)
@@ -192,9 +194,13 @@ class Downloader:
         document_id = int(task.ref)
         # PDPJ is asked in urgency order: on-demand, then refreshes, then retries.
         pacing.URGENCY.set(pacing.urgency_for(task.priority, task.attempts))
-        # One statement: the guarded start, its jobs, and the document's fields.
-        doc = await states.document_started(self._pool, document_id)
+        # Started with the rest of its claim (prepare), or here: one statement, the guarded
+        # start, its jobs, and the document's fields.
+        doc = task.prepared
+        task.prepared = None
         if doc is None:
+            doc = await states.document_started(self._pool, document_id)
+        if doc is None or doc is _REFUSED:
             # Gone, or available already (never downloaded twice): the row is simply completed.
             self._count("skipped")
             return
@@ -248,6 +254,20 @@ class Downloader:
         self._count("available", started)
         self.bytes_stored += stored.size
         log.info("document_available", **about, bytes=stored.size, sha256=stored.sha256)
+
+    async def prepare(self, conn: Connection, tasks: list[Task]) -> None:
+        """Start the downloads of a claim in one statement (a round trip per claim, not one per
+        document); each task's handler finds its document in `task.prepared`."""
+        started = await states.documents_started(conn, [int(t.ref) for t in tasks])
+        for task in tasks:
+            task.prepared = started.get(int(task.ref), _REFUSED)
+
+    async def unprepare(self, tasks: list[Task]) -> None:
+        """Claimed rows perhaps started here but never handled (a stop, a cancel): waiting
+        again (a document not started is left as it is)."""
+        for task in tasks:
+            if task.prepared is not _REFUSED:
+                await self._release_document(int(task.ref))
 
     async def _transfer(self, doc: asyncpg.Record, key: str) -> tuple[StoredObject, str]:
         """Stream the body into a writer; verify sizes; the writer aborts on any error."""

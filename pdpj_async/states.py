@@ -105,14 +105,26 @@ async def refresh_jobs_of_document(
 async def document_started(conn: Executor, document_id: int) -> asyncpg.Record | None:
     """A worker begins the download; its jobs become processing. The document, or None if refused.
 
-    One statement (see `start_download`), committed without waiting for the WAL flush: pass
-    the pool, not a connection inside a transaction, whose other writes would commit the same
-    way. The record holds what the download needs, with `process_number`.
+    See `documents_started`, which this is for one document.
     """
-    row: asyncpg.Record | None = await conn.fetchrow(
-        _DOCS["start_download"], document_id, sorted(DOCUMENT_TRANSITIONS["processing"])
+    return (await documents_started(conn, [document_id])).get(document_id)
+
+
+async def documents_started(
+    conn: Executor, document_ids: Sequence[int]
+) -> dict[int, asyncpg.Record]:
+    """Downloads begin; their jobs become processing. The documents started, by id (one refused,
+    being gone or available already, is absent).
+
+    One statement (see `start_downloads`), committed without waiting for the WAL flush: pass
+    the pool or a connection outside a transaction, not one inside a transaction whose other
+    writes would commit the same way. Each record holds what a download needs, with
+    `process_number`.
+    """
+    rows = await conn.fetch(
+        _DOCS["start_downloads"], list(document_ids), sorted(DOCUMENT_TRANSITIONS["processing"])
     )
-    return row
+    return {row["id"]: row for row in rows}
 
 
 async def document_finished(

@@ -160,6 +160,8 @@ class Instance:
             self.downloader.handle,
             on_final_failure=self.downloader.on_final_failure,
             gate=self.gate,
+            prepare=self.downloader.prepare,
+            unprepare=self.downloader.unprepare,
         )
 
     async def start(self) -> None:
@@ -299,6 +301,38 @@ async def test_documents_of_every_size_land_whole_with_their_metadata(
     assert again.job is not None and again.job.status == "completed"
     assert again.job.completed_documents == len(SIZES)
     assert (await sandbox.stats())["documents"] == before["documents"]
+
+
+async def test_a_claim_starts_its_downloads_at_once_and_undoing_it_leaves_them_waiting(
+    make_instance: MakeInstance, sandbox: Sandbox
+) -> None:
+    docs = await sandbox.override(NUMBER, documents=[{"size": 100}, {"size": 200}, {"size": 300}])
+    daemon = await make_instance(start=False)
+    job_id = await daemon.request()
+    tasks = await daemon.queue.claim(10, [DOWNLOAD_KIND])
+    async with daemon.pool.acquire() as conn:
+        await daemon.downloader.prepare(conn, tasks)
+    # Each worker finds its document started, with what its download needs.
+    assert sorted(t.prepared["uuid"] for t in tasks) == sorted(d["uuid"] for d in docs)
+    for doc in docs:
+        assert (await daemon.document(doc["uuid"]))["status"] == "processing"
+    job = await daemon.pool.fetchrow("SELECT status FROM pdpj.jobs WHERE id = $1", job_id)
+    assert job["status"] == "processing"
+    # Handed to no worker (a stop, a cancel): the documents wait again.
+    await daemon.downloader.unprepare(tasks)
+    for doc in docs:
+        assert (await daemon.document(doc["uuid"]))["status"] == "pending"
+    # A row whose document is stored already is refused by the start, and skipped.
+    await daemon.queue.release(tasks)
+    await daemon.start()
+    assert (await daemon.wait_job(job_id))["status"] == "completed"
+    await daemon.workers.stop(2.0)
+    async with daemon.pool.acquire() as conn:
+        await daemon.queue.enqueue_many(conn, DOWNLOAD_KIND, [str(tasks[0].ref)])
+        [again] = await daemon.queue.claim(1, [DOWNLOAD_KIND])
+        await daemon.downloader.prepare(conn, [again])
+    await daemon.downloader.handle(again)
+    assert daemon.downloader.outcomes["skipped"] == 1
 
 
 async def test_a_requested_download_goes_before_the_text_of_stored_documents(

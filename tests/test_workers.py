@@ -443,3 +443,92 @@ async def test_a_settling_handler_gives_its_slot_to_the_next_row_and_keeps_its_o
         commit.set()
         await eventually(lambda: workers.running == 0)
     assert await rows(pool) == []
+
+
+class Preparer:
+    """A kind's prepare/unprepare hooks that record what they were given."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.batches: list[list[str]] = []
+        self.undone: list[str] = []
+
+    async def prepare(self, conn: Connection, tasks: list[Task]) -> None:
+        self.batches.append([t.ref for t in tasks])
+        if self.fail:
+            await conn.fetchval("SELECT 1 / 0")  # a database error
+        for task in tasks:
+            task.prepared = f"prepared {task.ref}"
+
+    async def unprepare(self, tasks: list[Task]) -> None:
+        self.undone += [t.ref for t in tasks]
+
+
+async def test_prepare_sees_each_claim_whole_and_a_stop_undoes_rows_never_run(
+    pool: asyncpg.Pool, db_dsn: str
+) -> None:
+    await enqueue(pool, "a", "b", "c", "d", "e", "f")
+    hooks = Preparer()
+    seen: dict[str, Any] = {}
+
+    async def handler(task: Task) -> None:
+        seen[task.ref] = task.prepared
+        await asyncio.sleep(60)
+
+    cfg = config(workers=2, lease_s=600.0)
+    workers = WorkerPool(Queue(pool, cfg, "a"), pool, db_dsn, cfg)
+    workers.register("work", handler, prepare=hooks.prepare, unprepare=hooks.unprepare)
+    await workers.start()
+    # Two rows for the two workers, then the rest claimed ahead: one prepare per claim.
+    await eventually(lambda: len(seen) == 2 and sum(map(len, hooks.batches)) == 6)
+    assert hooks.batches == [["a", "b"], ["c", "d", "e", "f"]]
+    assert seen == {"a": "prepared a", "b": "prepared b"}
+    await workers.stop(grace=0.1)
+    # The rows that waited for a worker are undone; those that ran undo themselves.
+    assert sorted(hooks.undone) == ["c", "d", "e", "f"]
+    assert {r["lease_owner"] for r in await rows(pool)} == {None}
+
+
+async def test_rows_whose_prepare_failed_still_run(pool: asyncpg.Pool, db_dsn: str) -> None:
+    await enqueue(pool, "a", "b", "c")
+    hooks = Preparer(fail=True)
+    seen: dict[str, Any] = {}
+
+    async def handler(task: Task) -> None:
+        seen[task.ref] = task.prepared
+
+    async with running_pool(
+        pool, db_dsn, handler, prepare=hooks.prepare, unprepare=hooks.unprepare
+    ):
+        await eventually(lambda: len(seen) == 3)
+        async with asyncio.timeout(10):
+            while await rows(pool):  # completed, each without what its prepare would have left
+                await asyncio.sleep(0.01)
+    assert seen == {"a": None, "b": None, "c": None}
+    assert hooks.batches and hooks.undone == []
+
+
+async def test_a_cancelled_row_waiting_for_a_worker_is_undone(
+    pool: asyncpg.Pool, db_dsn: str
+) -> None:
+    await enqueue(pool, "running", "waiting")
+    hooks = Preparer()
+    started = asyncio.Event()
+
+    async def handler(task: Task) -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    async with running_pool(
+        pool,
+        db_dsn,
+        handler,
+        cfg=config(workers=1),
+        prepare=hooks.prepare,
+        unprepare=hooks.unprepare,
+    ) as workers:
+        await asyncio.wait_for(started.wait(), 10)
+        await eventually(lambda: sum(map(len, hooks.batches)) == 2)
+        async with pool.acquire() as conn, conn.transaction():
+            assert await workers.queue.cancel(conn, "work", ["waiting"]) == 1
+        await eventually(lambda: hooks.undone == ["waiting"])

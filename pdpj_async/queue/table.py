@@ -41,6 +41,8 @@ class Task(msgspec.Struct, kw_only=True):
     rescued: bool = False
     # Set by Queue.complete, so that the worker pool does not complete the row a second time.
     completed: bool = False
+    # What its kind's prepare hook left for its handler (see WorkerPool.register); None: nothing.
+    prepared: Any = None
 
 
 class FollowUp(NamedTuple):

@@ -14,6 +14,11 @@ A handler whose remaining work is only its commit may call `settling()`: its wor
 to the next row at once, while its row stays leased (and heartbeated) until it returns.
 On the final failure `on_final_failure(conn, task, error)` runs in the transaction that
 deletes the row. A handler whose lease is lost, or whose row is cancelled, is cancelled.
+A kind's `prepare(conn, tasks)` runs once per claim on that kind's rows before any of them is
+handed out (e.g. one statement starting every claimed download, not one per handler); it leaves
+what it found in `task.prepared`. Its handler must do without it (a failed prepare is logged
+and its rows run unprepared); `unprepare(tasks)` undoes it for rows claimed, perhaps prepared,
+but never handed to their handler (a stop, a cancel).
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ log = get_logger(__name__)
 
 Handler = Callable[[Task], Awaitable[None]]
 FinalFailureHook = Callable[[Connection, Task, str], Awaitable[None]]
+PrepareHook = Callable[[Connection, list[Task]], Awaitable[None]]
+UnprepareHook = Callable[[list[Task]], Awaitable[None]]
 
 # What a lost or restarting database raises; the pool waits and tries again.
 _RETRY_MIN_S = 0.1
@@ -70,6 +77,8 @@ class _Registration(NamedTuple):
     handler: Handler
     on_final_failure: FinalFailureHook | None
     gate: Gate | None
+    prepare: PrepareHook | None = None
+    unprepare: UnprepareHook | None = None
 
 
 # Set in each handler's own task: frees that handler's worker slot (see `settling`).
@@ -109,6 +118,10 @@ class WorkerPool:
         # Claimed ahead while a backlog lasts, so a free worker starts without a round trip.
         self._ready: deque[Task] = deque()
         self._cancel_reasons: dict[int, str] = {}
+        # Rows being claimed and prepared (not yet in _ready), and the cancels they missed.
+        self._claiming: dict[int, Task] = {}
+        self._cancelled_while_claiming: set[int] = set()
+        self._undoing: set[asyncio.Task[None]] = set()
         self._to_complete: list[Task] = []
         self._unfinished: list[Task] = []
         self._background: list[asyncio.Task[None]] = []
@@ -137,11 +150,14 @@ class WorkerPool:
         *,
         on_final_failure: FinalFailureHook | None = None,
         gate: Gate | None = None,
+        prepare: PrepareHook | None = None,
+        unprepare: UnprepareHook | None = None,
     ) -> None:
         """Run `handler` for rows of `kind`; claiming pauses while `gate` is closed."""
         if kind in self._handlers:
             raise ValueError(f"a handler for queue kind {kind!r} is already registered")
-        self._handlers[kind] = _Registration(handler, on_final_failure, gate)
+        reg = _Registration(handler, on_final_failure, gate, prepare, unprepare)
+        self._handlers[kind] = reg
         if gate is not None:
             gate.subscribe(self._wake.set)
 
@@ -161,7 +177,10 @@ class WorkerPool:
         self.supervisor.release(*self._background)
         claimer = [t for t in self._background if t.get_name() == "queue-claimer"]
         await _cancel_all(claimer)
-        self._unfinished.extend(self._ready)
+        # Claimed, perhaps prepared, never handed to a handler.
+        never_ran = [*self._claiming.values(), *self._ready]
+        self._unfinished.extend(never_ran)
+        self._claiming = {}
         self._ready.clear()
         handlers = [t for _, t in self._running.values()]
         if handlers:
@@ -176,6 +195,8 @@ class WorkerPool:
                 released = len(await self.queue.release(self._unfinished))
             self.stats.releases += released
             self._unfinished = []
+        await self._unprepare(never_ran)
+        await asyncio.gather(*self._undoing, return_exceptions=True)
         with contextlib.suppress(*DB_ERRORS):
             await self._complete_pending()
         await _cancel_all(self._background)
@@ -230,13 +251,39 @@ class WorkerPool:
                 await self._wait_wake(self.config.poll_interval_s)
                 continue
             asked = min(want, self.config.claim_batch)
-            tasks = await self.queue.claim(asked, kinds, conn=conn)
-            self.stats.claims += len(tasks)
+            tasks = await self._claim_prepared(conn, asked, kinds)
             self._ready.extend(tasks)
             self._dispatch()
             backlog = len(tasks) == asked
             if not backlog:
                 await self._wait_wake(self.config.poll_interval_s)
+
+    async def _claim_prepared(self, conn: Connection, n: int, kinds: list[str]) -> list[Task]:
+        """A claim, each kind's rows prepared; rows cancelled meanwhile are dropped (undone)."""
+        tasks = await self.queue.claim(n, kinds, conn=conn)
+        self.stats.claims += len(tasks)
+        # Until they are in _ready, a stop finds them here, and a cancel is noted.
+        self._claiming = {t.id: t for t in tasks}
+        for kind, reg in self._handlers.items():
+            mine = [t for t in tasks if t.kind == kind]
+            if reg.prepare is None or not mine:
+                continue
+            try:
+                await reg.prepare(conn, mine)
+            except DB_ERRORS as exc:  # its handlers do without it
+                log.warning("queue_prepare_failed", kind=kind, error=str(exc))
+        gone = self._cancelled_while_claiming
+        self._claiming, self._cancelled_while_claiming = {}, set()
+        if gone:
+            await self._unprepare([t for t in tasks if t.id in gone])
+        return [t for t in tasks if t.id not in gone]
+
+    async def _unprepare(self, tasks: list[Task]) -> None:
+        for kind, reg in self._handlers.items():
+            mine = [t for t in tasks if t.kind == kind]
+            if reg.unprepare is not None and mine:
+                with contextlib.suppress(*DB_ERRORS):
+                    await reg.unprepare(mine)
 
     async def _wait_wake(self, seconds: float) -> None:
         await wait_event(self._wake, seconds)
@@ -432,10 +479,15 @@ class WorkerPool:
 
     def _on_cancel(self, payload: str) -> None:
         ids = {int(part) for part in payload.split(",") if part.isdigit()}
-        if self._ready:
-            # Claimed ahead but not started: the row is gone, so it is simply dropped.
-            kept = [t for t in self._ready if t.id not in ids]
-            self._ready = deque(kept)
+        self._cancelled_while_claiming.update(ids & self._claiming.keys())
+        dropped = [t for t in self._ready if t.id in ids]
+        if dropped:
+            # Claimed ahead but not started: the row is gone, so it is dropped (and unprepared:
+            # the cancel may have committed before the prepare, which then undid its release).
+            self._ready = deque(t for t in self._ready if t.id not in ids)
+            undo = asyncio.get_running_loop().create_task(self._unprepare(dropped))
+            self._undoing.add(undo)
+            undo.add_done_callback(self._undoing.discard)
         for task_id in ids:
             self._cancel_handler(task_id, "cancelled")
 

@@ -21,12 +21,13 @@ SET status = $3,
 WHERE id = $1 AND status = ANY($2::text[])
 RETURNING id, status;
 
--- name: start_download
--- A download attempt begins, in one statement (one round trip, its own transaction): the
--- guarded document update (refused unless the status is one of $2), the jobs waiting on it
--- locked in id order (the order of every transaction that locks several jobs, so that none
--- deadlocks) and moved pending → processing, and the fields the download needs. A start
--- changes no job counter (they count final documents only), so no recount is needed.
+-- name: start_downloads
+-- Download attempts begin, in one statement (one round trip, its own transaction) for every
+-- document of a claim: the guarded document updates (refused unless the status is one of $2),
+-- the documents locked in id order first and then the jobs waiting on them, in id order (the
+-- order of every transaction that locks several rows of either, so that none deadlocks), those
+-- jobs moved pending → processing, and the fields each download needs. A start changes no job
+-- counter (they count final documents only), so no recount is needed.
 --
 -- Its commit does not wait for the WAL flush (synchronous_commit off, for this transaction
 -- only): a start is idempotent. A PostgreSQL crash can lose only the last few ms of WAL, never
@@ -35,21 +36,26 @@ RETURNING id, status;
 -- lease then expires and the document is downloaded again. Nothing committed as final is lost.
 WITH async_commit AS (
     SELECT set_config('synchronous_commit', 'off', true)
+), picked AS (
+    SELECT id FROM pdpj.documents
+    WHERE id = ANY($1::bigint[]) AND status = ANY($2::text[])
+    ORDER BY id
+    FOR NO KEY UPDATE
 ), doc AS (
-    UPDATE pdpj.documents
+    UPDATE pdpj.documents d
     SET status = 'processing',
-        attempts = attempts + 1,
+        attempts = d.attempts + 1,
         download_started_at = now(),
         updated_at = now()
-    WHERE id = $1 AND status = ANY($2::text[])
-    RETURNING id, uuid, name, type_name, mime_type, declared_size, href, status, size, sha256,
-              storage_key, attempts, process_id
+    FROM picked
+    WHERE d.id = picked.id
+    RETURNING d.id, d.uuid, d.name, d.type_name, d.mime_type, d.declared_size, d.href, d.status,
+              d.size, d.sha256, d.storage_key, d.attempts, d.process_id
 ), locked AS (
     SELECT j.id
     FROM pdpj.jobs j
-    JOIN pdpj.job_documents jd ON jd.job_id = j.id
-    JOIN doc ON jd.document_id = doc.id
     WHERE j.status = 'pending'
+      AND j.id IN (SELECT jd.job_id FROM pdpj.job_documents jd JOIN doc ON jd.document_id = doc.id)
     ORDER BY j.id
     FOR UPDATE OF j
 ), started AS (
