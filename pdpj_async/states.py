@@ -175,7 +175,7 @@ async def documents_available(
     available or failed already) is left as it was. Allowed from pending too, as the single
     path's re-assertion of processing allows: a release may have raced the transfer.
     """
-    rows = await conn.fetch(
+    row = await conn.fetchrow(
         _DOCS["make_available_many"],
         [f.document_id for f in finished],
         [f.size for f in finished],
@@ -184,11 +184,9 @@ async def documents_available(
         [f.mime_type for f in finished],
         sorted(DOCUMENT_TRANSITIONS["processing"]),
     )
-    changed = {r["id"] for r in rows}
-    if changed:
-        locked = await conn.fetch(_JOBS["lock_active_jobs_of_documents"], sorted(changed))
-        await refresh_jobs(conn, [r["id"] for r in locked], on_final)
-    return changed
+    assert row is not None  # two arrays: always one row
+    await refresh_jobs(conn, row["jobs"], on_final)
+    return set(row["documents"])
 
 
 async def document_released(conn: Connection, document_id: int, error: str | None = None) -> bool:

@@ -76,21 +76,34 @@ CROSS JOIN async_commit;
 -- Several finished downloads at once, in one round trip: the documents are locked in id order
 -- first (the lock order of every transaction: whatever plan the update gets, each row it
 -- touches is locked by `locked` beforehand, in that order), then each becomes available with
--- what was stored, if its status is one of $6.
+-- what was stored, if its status is one of $6; then the active jobs waiting on those that
+-- changed are locked, in id order (sorted before they are locked), for their recount. Answers
+-- the ids of both.
 WITH locked AS (
     SELECT id FROM pdpj.documents WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE
+), changed AS (
+    UPDATE pdpj.documents d
+    SET status = 'available',
+        download_completed_at = now(),
+        error_message = NULL,
+        size = t.size,
+        sha256 = t.sha256,
+        storage_key = t.storage_key,
+        stored_mime_type = t.mime_type,
+        updated_at = now()
+    FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+         AS t(id, size, sha256, storage_key, mime_type)
+    JOIN locked ON locked.id = t.id
+    WHERE d.id = t.id AND d.status = ANY($6::text[])
+    RETURNING d.id
+), jobs AS (
+    SELECT j.id
+    FROM pdpj.jobs j
+    WHERE j.status IN ('pending', 'processing')
+      AND j.id IN (
+          SELECT jd.job_id FROM pdpj.job_documents jd JOIN changed ON jd.document_id = changed.id
+      )
+    ORDER BY j.id
+    FOR UPDATE
 )
-UPDATE pdpj.documents d
-SET status = 'available',
-    download_completed_at = now(),
-    error_message = NULL,
-    size = t.size,
-    sha256 = t.sha256,
-    storage_key = t.storage_key,
-    stored_mime_type = t.mime_type,
-    updated_at = now()
-FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[])
-     AS t(id, size, sha256, storage_key, mime_type)
-JOIN locked ON locked.id = t.id
-WHERE d.id = t.id AND d.status = ANY($6::text[])
-RETURNING d.id;
+SELECT ARRAY(SELECT id FROM changed) AS documents, ARRAY(SELECT id FROM jobs) AS jobs;

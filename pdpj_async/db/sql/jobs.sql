@@ -28,15 +28,6 @@ WHERE jd.document_id = $1 AND j.status IN ('pending', 'processing')
 ORDER BY j.id
 FOR UPDATE OF j;
 
--- name: lock_active_jobs_of_documents
--- The same for several documents at once.
-SELECT j.id
-FROM pdpj.jobs j
-WHERE j.status IN ('pending', 'processing')
-  AND j.id IN (SELECT job_id FROM pdpj.job_documents WHERE document_id = ANY($1::bigint[]))
-ORDER BY j.id
-FOR UPDATE;
-
 -- name: lock_documents_of_job
 -- Documents before jobs: the lock order of every transaction that touches both.
 SELECT d.id
