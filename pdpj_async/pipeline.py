@@ -29,7 +29,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .processes import DOWNLOAD_KIND
-from .queue import workers
+from .queue.handlers import settling
 from .queue.table import FollowUp
 from .text import TEXT_KIND, TEXT_PRIORITY
 from .text import store as text_store
@@ -248,7 +248,7 @@ class Downloader:
             mime_type=mime,
         )
         # Only the commit is left: the next document may start its download meanwhile.
-        workers.settling()
+        settling()
         # Shielded: once the bytes are stored, a cancelled worker still gets its commit.
         await asyncio.shield(self._finisher.finish(task, finished))
         self._count("available", started)

@@ -14,8 +14,9 @@ from pdpj_async.config import QueueConfig
 from pdpj_async.db import Connection
 from pdpj_async.errors import LeaseLost, PermanentFailure, Release, RetryLater
 from pdpj_async.queue.gate import Gate
+from pdpj_async.queue.handlers import settling
 from pdpj_async.queue.table import Queue, Task
-from pdpj_async.queue.workers import WorkerPool, settling
+from pdpj_async.queue.workers import WorkerPool
 
 FAST = QueueConfig(
     workers=4,

@@ -1,35 +1,16 @@
 """The worker pool: claims queue rows for registered handlers, keeps their leases, settles them.
 
-A handler is `async def handler(task: Task) -> None`. Its outcome settles the row:
-- it returns: the row is completed (deleted), in batches. A handler that must delete the row
-  in the same transaction as its own writes calls `queue.complete(task, conn=conn)` itself;
-  that marks `task.completed`, and the pool then leaves the row alone.
-- it raises RetryLater(msg, delay): retried after `delay` (or the backoff when None);
-- PermanentFailure(msg): the final failure at once;
-- Release: the row goes back unfailed, the attempt not counted (e.g. upstream token expired);
-- Deferred(msg, delay): back after `delay`, the attempt not counted (e.g. PDPJ is busy);
-- LeaseLost: the row was taken over by another owner, nothing is written;
-- anything else: retried with exponential backoff and full jitter until max_attempts.
-A handler whose remaining work is only its commit may call `settling()`: its worker slot goes
-to the next row at once, while its row stays leased (and heartbeated) until it returns.
-On the final failure `on_final_failure(conn, task, error)` runs in the transaction that
-deletes the row. A handler whose lease is lost, or whose row is cancelled, is cancelled.
-A kind's `prepare(conn, tasks)` runs once per claim on that kind's rows before any of them is
-handed out (e.g. one statement starting every claimed download, not one per handler); it leaves
-what it found in `task.prepared`. Its handler must do without it (a failed prepare is logged
-and its rows run unprepared); `unprepare(tasks)` undoes it for rows claimed, perhaps prepared,
-but never handed to their handler (a stop, a cancel).
+What a handler is, and what its outcome does to its row: `handlers`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 import asyncpg
 
@@ -40,14 +21,17 @@ from ..errors import Deferred, LeaseLost, PermanentFailure, Release, RetryLater
 from ..logs import get_logger
 from ..tasks import Supervisor, wait_event
 from .gate import Gate
+from .handlers import (
+    SETTLING,
+    FinalFailureHook,
+    Handler,
+    PrepareHook,
+    Registration,
+    UnprepareHook,
+)
 from .table import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
 
 log = get_logger(__name__)
-
-Handler = Callable[[Task], Awaitable[None]]
-FinalFailureHook = Callable[[Connection, Task, str], Awaitable[None]]
-PrepareHook = Callable[[Connection, list[Task]], Awaitable[None]]
-UnprepareHook = Callable[[list[Task]], Awaitable[None]]
 
 # What a lost or restarting database raises; the pool waits and tries again.
 _RETRY_MIN_S = 0.1
@@ -73,27 +57,6 @@ class WorkerStats:
         self.deferrals = 0  # rows put back (PDPJ busy), their attempt given back
 
 
-class _Registration(NamedTuple):
-    handler: Handler
-    on_final_failure: FinalFailureHook | None
-    gate: Gate | None
-    prepare: PrepareHook | None = None
-    unprepare: UnprepareHook | None = None
-
-
-# Set in each handler's own task: frees that handler's worker slot (see `settling`).
-_SETTLING: contextvars.ContextVar[Callable[[], None]] = contextvars.ContextVar("settling")
-
-
-def settling() -> None:
-    """Called by a running handler whose work is done but for its commit: its worker slot is
-    given to the next row (config `queue.workers` bounds the handlers at work, not those
-    waiting for a commit). Outside a worker pool's handler, nothing happens."""
-    free = _SETTLING.get(None)
-    if free is not None:
-        free()
-
-
 class WorkerPool:
     """N concurrent handlers fed by batch claims, woken by LISTEN/NOTIFY with a slow poll."""
 
@@ -111,7 +74,7 @@ class WorkerPool:
         self.config = config
         self.stats = WorkerStats()
         self._connect_params = dsn_or_connect_params
-        self._handlers: dict[str, _Registration] = {}
+        self._handlers: dict[str, Registration] = {}
         self._running: dict[int, tuple[Task, asyncio.Task[None]]] = {}
         # Running handlers that only wait for their commit (see `settling`): no slot held.
         self._settling: set[int] = set()
@@ -156,7 +119,7 @@ class WorkerPool:
         """Run `handler` for rows of `kind`; claiming pauses while `gate` is closed."""
         if kind in self._handlers:
             raise ValueError(f"a handler for queue kind {kind!r} is already registered")
-        reg = _Registration(handler, on_final_failure, gate, prepare, unprepare)
+        reg = Registration(handler, on_final_failure, gate, prepare, unprepare)
         self._handlers[kind] = reg
         if gate is not None:
             gate.subscribe(self._wake.set)
@@ -323,8 +286,8 @@ class WorkerPool:
 
     # Running one task.
 
-    async def _run(self, task: Task, reg: _Registration) -> None:
-        _SETTLING.set(functools.partial(self._settle, task.id))
+    async def _run(self, task: Task, reg: Registration) -> None:
+        SETTLING.set(functools.partial(self._settle, task.id))
         if task.rescued:
             self.stats.rescues += 1
         try:
@@ -369,7 +332,7 @@ class WorkerPool:
     async def _fail(
         self,
         task: Task,
-        reg: _Registration,
+        reg: Registration,
         error: str,
         *,
         delay: float | None = None,
