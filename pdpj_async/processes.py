@@ -207,7 +207,7 @@ async def store_fetched(
     conn: Connection, process: UpstreamProcess
 ) -> tuple[int, process_data.Diff | None]:
     """Upsert the process and its documents and record its data: (id, the change it brought)."""
-    process_id: int = await conn.fetchval(
+    upserted = await conn.fetchrow(
         _PROC["upsert_process"],
         process.number,
         process.court,
@@ -219,6 +219,8 @@ async def store_fetched(
         process.sigilo_level,
         process.raw,
     )
+    assert upserted is not None  # an upsert answers its row
+    process_id: int = upserted["id"]
     docs = process.documents
     if docs:
         columns: list[list[Any]] = [
@@ -236,7 +238,7 @@ async def store_fetched(
         ]
         await conn.execute(_PROC["upsert_documents"], process_id, *columns)
     # The typed data, its movements' identities, and the change this refresh brings (if any).
-    found = await process_data.record(conn, process_id, process.raw)
+    found = await process_data.record(conn, process_id, process.raw, new=upserted["inserted"])
     return process_id, found
 
 

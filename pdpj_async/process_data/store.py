@@ -27,32 +27,37 @@ _decode_change = msgspec.json.Decoder(Change).decode
 _decode_raw = msgspec.json.Decoder().decode
 
 
-async def record(conn: Connection, process_id: int, raw: dict[str, Any]) -> Diff | None:
+async def record(
+    conn: Connection, process_id: int, raw: dict[str, Any], *, new: bool = False
+) -> Diff | None:
     """Store the typed data of a fetched answer; record one change if it brings anything new.
 
     Runs inside the transaction that upserted the process (whose row lock orders refreshes of
-    one process). The first answer of a process is its baseline: no change (returns None).
+    one process); `new`: that transaction inserted it, so nothing of it is stored yet (not
+    looked for). The first answer of a process is its baseline: no change (returns None).
     In a savepoint: a database error here is logged and leaves the process and its documents
     stored (their downloads matter more than the history); the next refresh records it.
     """
     try:
         async with conn.transaction():
-            return await _record(conn, process_id, raw)
+            return await _record(conn, process_id, raw, new)
     except asyncpg.PostgresError as exc:
         log.error("process_data_not_recorded", process_id=process_id, error=str(exc)[:200])
         return None
 
 
-async def _record(conn: Connection, process_id: int, raw: dict[str, Any]) -> Diff | None:
+async def _record(conn: Connection, process_id: int, raw: dict[str, Any], new: bool) -> Diff | None:
     parsed = parse(raw)
-    stored = await conn.fetchrow(_SQL["get_snapshot"], process_id)
-    rows = await conn.fetch(_SQL["known_movements"], process_id)
-    known: dict[str, str] = {r["id"]: r["instances"] for r in rows}
-    old = _decode_data(stored["data"]) if stored is not None else None
+    old: ProcessData | None = None
+    known: dict[str, str] = {}
+    if not new:
+        stored = await conn.fetchrow(_SQL["get_snapshot"], process_id)
+        rows = await conn.fetch(_SQL["known_movements"], process_id)
+        known = {r["id"]: r["instances"] for r in rows}
+        old = _decode_data(stored["data"]) if stored is not None else None
     # A baseline has nothing to compare with (diffing the data with itself only cost CPU).
     found = diff(old, parsed.data, set(known), parsed.movements) if old is not None else None
-    await _store_movements(conn, process_id, parsed, known)
-    await conn.execute(_SQL["put_snapshot"], process_id, _encode(parsed.data).decode())
+    await _store_snapshot(conn, process_id, parsed, known)
     if found is None or found.empty:
         return None
     # What the change lists was first seen now (the transaction's time, as the rows say).
@@ -79,12 +84,14 @@ async def _record(conn: Connection, process_id: int, raw: dict[str, Any]) -> Dif
     return found
 
 
-async def _store_movements(
+async def _store_snapshot(
     conn: Connection,
     process_id: int,
     parsed: Parsed,
     known: dict[str, str],
 ) -> None:
+    """The typed data and the movements not `known` (one statement); then the instances a
+    known movement gained."""
     moves = parsed.movements
     found = zip(moves, parsed.movement_at, parsed.movement_raw, strict=True)
     rows = [
@@ -92,8 +99,8 @@ async def _store_movements(
         for m, at, r in found
         if m.id not in known
     ]
-    if rows:
-        await conn.execute(_SQL["insert_movements"], process_id, _encode(rows).decode())
+    data = _encode(parsed.data).decode()
+    await conn.execute(_SQL["put_snapshot_and_movements"], process_id, data, _encode(rows).decode())
     # A movement already stored that an instance lists for the first time.
     grown = [
         m

@@ -14,25 +14,26 @@ SELECT EXISTS (SELECT 1 FROM pdpj.process_snapshots WHERE process_id = $1);
 -- name: now
 SELECT now();
 
--- name: put_snapshot
-INSERT INTO pdpj.process_snapshots AS s (process_id, data)
-VALUES ($1, $2::text::jsonb)
-ON CONFLICT (process_id) DO UPDATE SET data = EXCLUDED.data, recorded_at = now();
-
 -- name: known_movements
 -- The identity of every movement stored, with the instances that listed it (joined by U+001F:
 -- text decodes faster than 5,000 arrays).
 SELECT id, array_to_string(instances, E'\x1f') AS instances
 FROM pdpj.process_movements WHERE process_id = $1;
 
--- name: insert_movements
--- New movements as one JSON array of [id, instant in UTC as ISO 8601 text, descricao, instances
--- joined by U+001F, raw entry]: one parameter the client encodes in C at once, where six arrays
--- cost it a type check and a codec call per element.
-INSERT INTO pdpj.process_movements (process_id, id, data_hora, descricao, instances, raw)
-SELECT $1, e->>0, (e->>1)::timestamptz, e->>2, string_to_array(e->>3, E'\x1f'), e->4
-FROM jsonb_array_elements($2::text::jsonb) AS e
-ON CONFLICT (process_id, id) DO NOTHING;
+-- name: put_snapshot_and_movements
+-- The typed data ($2, JSON text) and the new movements, in one round trip: the movements as one
+-- JSON array ($3) of [id, instant in UTC as ISO 8601 text, descricao, instances joined by
+-- U+001F, raw entry]: one parameter the client encodes in C at once, where six arrays cost it a
+-- type check and a codec call per element.
+WITH movements AS (
+    INSERT INTO pdpj.process_movements (process_id, id, data_hora, descricao, instances, raw)
+    SELECT $1, e->>0, (e->>1)::timestamptz, e->>2, string_to_array(e->>3, E'\x1f'), e->4
+    FROM jsonb_array_elements($3::text::jsonb) AS e
+    ON CONFLICT (process_id, id) DO NOTHING
+)
+INSERT INTO pdpj.process_snapshots AS s (process_id, data)
+VALUES ($1, $2::text::jsonb)
+ON CONFLICT (process_id) DO UPDATE SET data = EXCLUDED.data, recorded_at = now();
 
 -- name: set_movement_instances
 -- A movement now listed by more instances than before (joined by U+001F, as above).

@@ -14,7 +14,9 @@ SET court = EXCLUDED.court, class = EXCLUDED.class, subject = EXCLUDED.subject,
     last_movement = EXCLUDED.last_movement, last_movement_at = EXCLUDED.last_movement_at,
     instances = EXCLUDED.instances, sigilo_level = EXCLUDED.sigilo_level, raw = EXCLUDED.raw,
     fetched_at = now()
-RETURNING id;
+-- inserted: the row is new (a row an ON CONFLICT update wrote has its xmax set), so nothing of
+-- the process is stored yet and its recording need not look.
+RETURNING id, (xmax = 0) AS inserted;
 
 -- name: upsert_documents
 -- Metadata follows PDPJ; download state (status, size, sha256, ...) is ours and kept. An entry
