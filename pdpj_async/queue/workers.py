@@ -119,8 +119,7 @@ class WorkerPool:
         """Run `handler` for rows of `kind`; claiming pauses while `gate` is closed."""
         if kind in self._handlers:
             raise ValueError(f"a handler for queue kind {kind!r} is already registered")
-        reg = Registration(handler, on_final_failure, gate, prepare, unprepare)
-        self._handlers[kind] = reg
+        self._handlers[kind] = Registration(handler, on_final_failure, gate, prepare, unprepare)
         if gate is not None:
             gate.subscribe(self._wake.set)
 
@@ -142,9 +141,11 @@ class WorkerPool:
         await _cancel_all(claimer)
         # Claimed, perhaps prepared, never handed to a handler.
         never_ran = [*self._claiming.values(), *self._ready]
-        self._unfinished.extend(never_ran)
         self._claiming = {}
         self._ready.clear()
+        # Undone before their rows are released: another instance may claim them at once.
+        await self._unprepare(never_ran)
+        self._unfinished.extend(never_ran)
         handlers = [t for _, t in self._running.values()]
         if handlers:
             await asyncio.wait(handlers, timeout=grace)
@@ -158,7 +159,6 @@ class WorkerPool:
                 released = len(await self.queue.release(self._unfinished))
             self.stats.releases += released
             self._unfinished = []
-        await self._unprepare(never_ran)
         await asyncio.gather(*self._undoing, return_exceptions=True)
         with contextlib.suppress(*DB_ERRORS):
             await self._complete_pending()
