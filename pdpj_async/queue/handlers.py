@@ -23,13 +23,17 @@ but never handed to their handler (a stop, a cancel).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
 
-from ..db import Connection
+from ..db import DB_ERRORS, Connection
+from ..logs import get_logger
 from .gate import Gate
 from .table import Task
+
+log = get_logger(__name__)
 
 Handler = Callable[[Task], Awaitable[None]]
 FinalFailureHook = Callable[[Connection, Task, str], Awaitable[None]]
@@ -58,3 +62,26 @@ def settling() -> None:
     free = SETTLING.get(None)
     if free is not None:
         free()
+
+
+async def prepare(kinds: Mapping[str, Registration], conn: Connection, tasks: list[Task]) -> None:
+    """Each kind's prepare hook with that kind's rows of one claim; a failed one is logged, and
+    its rows run unprepared."""
+    for kind, reg in kinds.items():
+        mine = [t for t in tasks if t.kind == kind]
+        if reg.prepare is None or not mine:
+            continue
+        try:
+            await reg.prepare(conn, mine)
+        except DB_ERRORS as exc:
+            log.warning("queue_prepare_failed", kind=kind, error=str(exc))
+
+
+async def unprepare(kinds: Mapping[str, Registration], tasks: list[Task]) -> None:
+    """Each kind's unprepare hook with its rows never handed to a handler; a database error
+    leaves them as they are (the next claim of a row prepares it again)."""
+    for kind, reg in kinds.items():
+        mine = [t for t in tasks if t.kind == kind]
+        if reg.unprepare is not None and mine:
+            with contextlib.suppress(*DB_ERRORS):
+                await reg.unprepare(mine)

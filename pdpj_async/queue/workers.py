@@ -28,6 +28,8 @@ from .handlers import (
     PrepareHook,
     Registration,
     UnprepareHook,
+    prepare,
+    unprepare,
 )
 from .table import CANCEL_CHANNEL, NOTIFY_CHANNEL, Queue, Task
 
@@ -81,9 +83,8 @@ class WorkerPool:
         # Claimed ahead while a backlog lasts, so a free worker starts without a round trip.
         self._ready: deque[Task] = deque()
         self._cancel_reasons: dict[int, str] = {}
-        # Rows being claimed and prepared (not yet in _ready), and the cancels they missed.
+        # Rows being claimed and prepared (not yet in _ready); a cancel takes its rows out.
         self._claiming: dict[int, Task] = {}
-        self._cancelled_while_claiming: set[int] = set()
         self._undoing: set[asyncio.Task[None]] = set()
         self._to_complete: list[Task] = []
         self._unfinished: list[Task] = []
@@ -144,7 +145,7 @@ class WorkerPool:
         self._claiming = {}
         self._ready.clear()
         # Undone before their rows are released: another instance may claim them at once.
-        await self._unprepare(never_ran)
+        await unprepare(self._handlers, never_ran)
         self._unfinished.extend(never_ran)
         handlers = [t for _, t in self._running.values()]
         if handlers:
@@ -225,28 +226,13 @@ class WorkerPool:
         """A claim, each kind's rows prepared; rows cancelled meanwhile are dropped (undone)."""
         tasks = await self.queue.claim(n, kinds, conn=conn)
         self.stats.claims += len(tasks)
-        # Until they are in _ready, a stop finds them here, and a cancel is noted.
+        # Until they are in _ready, a stop finds them here, and a cancel takes them out.
         self._claiming = {t.id: t for t in tasks}
-        for kind, reg in self._handlers.items():
-            mine = [t for t in tasks if t.kind == kind]
-            if reg.prepare is None or not mine:
-                continue
-            try:
-                await reg.prepare(conn, mine)
-            except DB_ERRORS as exc:  # its handlers do without it
-                log.warning("queue_prepare_failed", kind=kind, error=str(exc))
-        gone = self._cancelled_while_claiming
-        self._claiming, self._cancelled_while_claiming = {}, set()
-        if gone:
-            await self._unprepare([t for t in tasks if t.id in gone])
-        return [t for t in tasks if t.id not in gone]
-
-    async def _unprepare(self, tasks: list[Task]) -> None:
-        for kind, reg in self._handlers.items():
-            mine = [t for t in tasks if t.kind == kind]
-            if reg.unprepare is not None and mine:
-                with contextlib.suppress(*DB_ERRORS):
-                    await reg.unprepare(mine)
+        await prepare(self._handlers, conn, tasks)
+        kept, self._claiming = self._claiming, {}
+        if len(kept) < len(tasks):
+            await unprepare(self._handlers, [t for t in tasks if t.id not in kept])
+        return list(kept.values())
 
     async def _wait_wake(self, seconds: float) -> None:
         await wait_event(self._wake, seconds)
@@ -442,13 +428,14 @@ class WorkerPool:
 
     def _on_cancel(self, payload: str) -> None:
         ids = {int(part) for part in payload.split(",") if part.isdigit()}
-        self._cancelled_while_claiming.update(ids & self._claiming.keys())
+        for task_id in ids:
+            self._claiming.pop(task_id, None)
         dropped = [t for t in self._ready if t.id in ids]
         if dropped:
             # Claimed ahead but not started: the row is gone, so it is dropped (and unprepared:
             # the cancel may have committed before the prepare, which then undid its release).
             self._ready = deque(t for t in self._ready if t.id not in ids)
-            undo = asyncio.get_running_loop().create_task(self._unprepare(dropped))
+            undo = asyncio.get_running_loop().create_task(unprepare(self._handlers, dropped))
             self._undoing.add(undo)
             undo.add_done_callback(self._undoing.discard)
         for task_id in ids:

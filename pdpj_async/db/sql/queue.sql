@@ -91,8 +91,8 @@ RETURNING q.id;
 
 -- name: complete_many_then
 -- complete_many, and rows of kind $4 queued for the refs $5 (new ones only, as enqueue_many
--- with its defaults; $6: max_attempts, $7: priority) in the same statement: a handler's follow-up work costs
--- no round trip of its own. Queued only when every row was completed: a lost lease queues
+-- with its defaults; $6: max_attempts, $7: priority) in the same statement: a handler's
+-- follow-up work costs no round trip of its own. Queued only when every row was completed: a lost lease queues
 -- nothing (its worker's caller rolls back or redoes the lot). Answers the ids deleted, and
 -- reads `notified`, which, as a CTE nobody read, would never run.
 WITH done AS (
