@@ -49,6 +49,7 @@ from aiohttp import web
 from pdpj_async import db, keys
 from pdpj_async.cnj import compose, parse
 from pdpj_async.config import decode_config
+from pdpj_async.files import fsync_dir
 
 RESULT = harness.RESULTS / "e2e.json"
 PLOT = harness.ROOT / "docs" / "e2e_workers.png"
@@ -387,20 +388,12 @@ def _fs_path(spec: dict[str, Any], href: str) -> Path:
     return path
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _publish(fd: int, tmp: Path, directory: Path) -> None:
     """The floor's durable publish: the file's fsync, its rename, then both directories'."""
     os.fsync(fd)
     os.replace(tmp, directory / "document")
-    _fsync_dir(directory)
-    _fsync_dir(directory.parent)
+    fsync_dir(directory)
+    fsync_dir(directory.parent)
 
 
 def _write_file(path: Path, data: bytes) -> None:

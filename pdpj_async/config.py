@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -386,6 +387,16 @@ def _explain(message: str, raw: dict[str, Any]) -> str:
     if value is not None and not isinstance(value, dict):
         detail = f"{detail.split(', got')[0]}, got {json.dumps(value, ensure_ascii=False)}"
     return f"{dotted}: {detail}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a configured host name or address is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def resolved_data_dir(config: Config) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import os
 import signal
 import socket
@@ -15,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import create_app
-from .config import Config, HttpConfig
+from .config import Config, HttpConfig, is_loopback_host
 from .errors import ConfigError
 from .logs import get_logger
 from .server import appkeys, health, metrics
@@ -195,7 +194,7 @@ def tls_context(http: HttpConfig) -> ssl.SSLContext | None:
 
 def warn_if_plain_http(http: HttpConfig, public_url: str) -> bool:
     """Warn (and return True) when a non-loopback bind is reached over plain http."""
-    if _is_loopback(http.host) or not public_url.lower().startswith("http://"):
+    if is_loopback_host(http.host) or not public_url.lower().startswith("http://"):
         return False
     log.warning(
         "plain_http_on_a_public_interface",
@@ -205,15 +204,6 @@ def warn_if_plain_http(http: HttpConfig, public_url: str) -> bool:
         " and http.tls_key_file, or serve behind a TLS reverse proxy with an https public_url",
     )
     return True
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def _start_metrics_listener(app: web.Application, config: Config) -> web.AppRunner | None:

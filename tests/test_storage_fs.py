@@ -129,7 +129,7 @@ async def test_every_directory_made_for_an_object_is_fsynced_after_its_rename(
     database calls available must not lose its path. A power cut cannot run here, so the test
     watches which directories are flushed, and in which order."""
     synced: list[Path] = []
-    real = fs._fsync_dir
+    real = fs.fsync_dir
 
     def spy(path: str | Path) -> None:
         synced.append(Path(path))
@@ -138,7 +138,7 @@ async def test_every_directory_made_for_an_object_is_fsynced_after_its_rename(
     def unsupported(*_args: object) -> None:
         raise OSError(errno.ENOTSUP, "Operation not supported")
 
-    monkeypatch.setattr(fs, "_fsync_dir", spy)
+    monkeypatch.setattr(fs, "fsync_dir", spy)
     if not xattrs:
         monkeypatch.setattr(os, "setxattr", unsupported)
     root = fs_storage.root

@@ -190,10 +190,10 @@ async def test_the_new_access_token_is_used_even_when_the_refresh_token_cannot_b
 ) -> None:
     """A refresh file on a read-only path (as under ProtectSystem=strict) lost the access token."""
 
-    def read_only(path: Path, text: str) -> None:
+    def read_only(path: Path, data: bytes, *, replace: bool = True) -> None:
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
-    monkeypatch.setattr(tokens, "write_secret_file", read_only)
+    monkeypatch.setattr(tokens, "publish_private", read_only)
     refresh_file = tmp_path / "refresh.token"
     refresh_file.write_text(fake_sso.refresh_token)
     refresh_file.chmod(0o600)

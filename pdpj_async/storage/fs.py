@@ -36,6 +36,7 @@ import msgspec
 
 from ..config import StorageConfig
 from ..errors import ConfigError, InvalidLink, NotFound, StorageError
+from ..files import fsync_dir, publish_private
 from ..logs import get_logger
 from . import StoredObject, WriterBase
 from .fs_direct import DirectIO, ObjectFile
@@ -64,14 +65,6 @@ _T = TypeVar("_T")
 def _quote_name(name: str) -> str:
     # Document names repeat a lot across a status response and across polls.
     return quote(name, safe="")
-
-
-def _fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_dirs(path: str) -> list[str]:
@@ -125,7 +118,8 @@ def load_signing_key(config: StorageConfig, data_dir: Path) -> bytes:
     path = data_dir / SIGNING_KEY_FILE
     data_dir.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        _publish_new_key(path)
+        # Of two processes generating at once, the first key published is the one both use.
+        publish_private(path, secrets.token_urlsafe(32).encode() + b"\n", replace=False)
     key = path.read_bytes().strip()
     if len(key) < MIN_SIGNING_KEY_BYTES:
         raise ConfigError(
@@ -134,25 +128,6 @@ def load_signing_key(config: StorageConfig, data_dir: Path) -> bytes:
             "or set storage.signing_key"
         )
     return key
-
-
-def _publish_new_key(path: Path) -> None:
-    """Write a new key to a private temp file, fsync it, and put it in place whole."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_urlsafe(32).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        # A rename that never replaces: of two processes generating at once, the first key
-        # published is the one both use (a plain rename would swap it under the first).
-        with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class FilesystemWriter(WriterBase):
@@ -251,14 +226,14 @@ class FilesystemWriter(WriterBase):
                 os.replace(sidecar_tmp, sidecar)
                 sidecar_tmp = None
                 for directory in (sidecar.parent, *sidecar_grown):
-                    _fsync_dir(directory)
+                    fsync_dir(directory)
         finally:
             if sidecar_tmp is not None:
                 sidecar_tmp.unlink(missing_ok=True)
         os.replace(self._tmp, self._final)
         self._tmp = None
         for made in (self._dir, *self._grown):
-            _fsync_dir(made)
+            fsync_dir(made)
         return sha256
 
     async def _abort(self) -> None:

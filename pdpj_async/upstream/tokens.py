@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import ipaddress
 import os
-import secrets
 import stat
 import time
 from collections.abc import Coroutine
@@ -20,8 +18,9 @@ import aiohttp
 import msgspec
 
 from .. import logs
-from ..config import PdpjConfig
+from ..config import PdpjConfig, is_loopback_host
 from ..errors import ConfigError
+from ..files import publish_private
 from ..tasks import Supervisor, wait_event
 
 log = logs.get_logger(__name__)
@@ -306,7 +305,7 @@ class RefreshTokenProvider(TokenProvider):
 
     def _persist(self, refresh_token: str) -> None:
         try:
-            write_secret_file(self.refresh_token_file, refresh_token)
+            publish_private(self.refresh_token_file, (refresh_token + "\n").encode())
         except OSError as exc:
             # Kept in memory: the next grant uses it (the old one is spent once rotated).
             self._unsaved = refresh_token
@@ -343,48 +342,16 @@ def read_secret_file(path: Path) -> str:
     return text
 
 
-def write_secret_file(path: Path, text: str) -> None:
-    """Replace a credential file atomically: a fresh 0600 temp file, fsync, rename, dir fsync."""
-    # A random name with O_EXCL|O_NOFOLLOW: a file or symlink planted beforehand is never
-    # written through.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _check_token_url(url: str) -> None:
     """The refresh grant sends a credential: https only, http only to a loopback host."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and parts.hostname and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and parts.hostname and is_loopback_host(parts.hostname):
         return
     raise ConfigError(
         "pdpj.sso_token_url: must be an https:// URL (http:// only for a loopback host)"
     )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def token_provider_from_config(

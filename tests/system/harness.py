@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import msgspec
 
 from pdpj_async import cnj
 from pdpj_async.config import Config, PdpjConfig, StorageConfig
+from pdpj_async.storage import Storage
 from tests.fixtures.app import stack_config
 from tests.fixtures.receiver import Receiver
 from tests.fixtures.s3 import S3Bucket
@@ -21,6 +24,24 @@ from tests.fixtures.sandbox import Sandbox
 from tests.system.daemon import Daemon
 
 FINAL_JOB = {"completed", "failed", "cancelled"}
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What a fleet of daemons on S3 runs against, and what its end state is audited with: the
+    database, the sandbox PDPJ, the bucket, the webhook receiver, a scratch directory and free
+    ports (the `world` fixture)."""
+
+    db_dsn: str
+    tmp_path: Path
+    sandbox: Sandbox
+    pdpj_config: PdpjConfig
+    s3_config: StorageConfig
+    s3_bucket: S3Bucket
+    s3_storage: Storage
+    pool: asyncpg.Pool
+    receiver: Receiver
+    free_port: Callable[[], int]
 
 
 def make_number(sequence: int, court: str = "26", origin: str = "0100") -> str:

@@ -5,22 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import msgspec
 import pytest
 
 from pdpj_async import keys
-from pdpj_async.config import PdpjConfig, StorageConfig
-from pdpj_async.storage import Storage
-from tests.fixtures.receiver import Receiver
-from tests.fixtures.s3 import S3Bucket
-from tests.fixtures.sandbox import Sandbox
 from tests.system.harness import (
     Fleet,
+    World,
     audit_end_state,
     daemon_config,
     make_number,
@@ -34,22 +28,19 @@ SEED = int(os.environ.get("PDPJ_CRASH_SEED", "0")) or random.randrange(1, 1_000_
 
 
 async def crash_run(
+    world: World,
     *,
     processes: int,
     documents: int,
     kills: int,
-    db_dsn: str,
-    tmp_path: Path,
-    sandbox: Sandbox,
-    pdpj_config: PdpjConfig,
-    s3_config: StorageConfig,
-    s3_bucket: S3Bucket,
-    s3_storage: Storage,
-    pool: asyncpg.Pool,
-    receiver: Receiver,
-    port: int,
+    db_dsn: str | None = None,
     database: dict[str, Any] | None = None,
 ) -> None:
+    """`kills` SIGKILLs while `processes` processes of `documents` documents are requested and
+    downloaded; then every document is stored once and every job's webhook arrived. `db_dsn`:
+    the daemons' database address (the world's by default)."""
+    sandbox, pool, receiver, tmp_path = world.sandbox, world.pool, world.receiver, world.tmp_path
+    port = world.free_port()
     rng = random.Random(SEED)
     numbers = [make_number(7000 + i) for i in range(processes)]
     # Every download takes a while, so that the run spans the kills (the newest rule wins, so
@@ -66,15 +57,15 @@ async def crash_run(
             for doc in docs[:2]:
                 await sandbox.fault(uuid=doc["uuid"], bandwidth_bps=12_000_000)
     key = await keys.create_key(pool, "crash", "user")
-    single_put = msgspec.structs.replace(s3_config, single_put_max_size=8 * 1024 * 1024)
+    single_put = msgspec.structs.replace(world.s3_config, single_put_max_size=8 * 1024 * 1024)
     fleet = Fleet(
         tmp_path,
         # A row whose lease expired max_attempts times is failed as a poison pill (it may be what
         # kills the daemon); a kill every ~2 s is no such signal, so the budget is raised here.
         lambda name: daemon_config(
-            db_dsn,
+            db_dsn or world.db_dsn,
             tmp_path,
-            pdpj_config,
+            world.pdpj_config,
             port,
             single_put,
             name,
@@ -106,8 +97,8 @@ async def crash_run(
         await wait_deliveries_settled(pool, within_s=60)
         assert await fleet.terminate_all() == [0]
         # The daemons' sweeper waits a day; the end of the run is "a day later".
-        await s3_storage.sweep(older_than_s=0)
-        audit = await audit_end_state(pool, sandbox, s3_bucket, receiver)
+        await world.s3_storage.sweep(older_than_s=0)
+        audit = await audit_end_state(pool, sandbox, world.s3_bucket, receiver)
         assert audit.documents == processes * documents
         assert audit.jobs == processes
         print(
@@ -123,61 +114,11 @@ async def crash_run(
 
 
 @pytest.mark.timeout(400)
-async def test_sigkill_ten_times_loses_nothing(
-    db_dsn: str,
-    tmp_path: Path,
-    sandbox: Sandbox,
-    pdpj_config: PdpjConfig,
-    s3_config: StorageConfig,
-    s3_bucket: S3Bucket,
-    s3_storage: Storage,
-    pool: asyncpg.Pool,
-    receiver: Receiver,
-    unused_tcp_port_factory: Any,
-) -> None:
-    await crash_run(
-        processes=30,
-        documents=20,
-        kills=10,
-        db_dsn=db_dsn,
-        tmp_path=tmp_path,
-        sandbox=sandbox,
-        pdpj_config=pdpj_config,
-        s3_config=s3_config,
-        s3_bucket=s3_bucket,
-        s3_storage=s3_storage,
-        pool=pool,
-        receiver=receiver,
-        port=unused_tcp_port_factory(),
-    )
+async def test_sigkill_ten_times_loses_nothing(world: World) -> None:
+    await crash_run(world, processes=30, documents=20, kills=10)
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
-async def test_soak_sigkill_forty_times(
-    db_dsn: str,
-    tmp_path: Path,
-    sandbox: Sandbox,
-    pdpj_config: PdpjConfig,
-    s3_config: StorageConfig,
-    s3_bucket: S3Bucket,
-    s3_storage: Storage,
-    pool: asyncpg.Pool,
-    receiver: Receiver,
-    unused_tcp_port_factory: Any,
-) -> None:
-    await crash_run(
-        processes=60,
-        documents=40,
-        kills=40,
-        db_dsn=db_dsn,
-        tmp_path=tmp_path,
-        sandbox=sandbox,
-        pdpj_config=pdpj_config,
-        s3_config=s3_config,
-        s3_bucket=s3_bucket,
-        s3_storage=s3_storage,
-        pool=pool,
-        receiver=receiver,
-        port=unused_tcp_port_factory(),
-    )
+async def test_soak_sigkill_forty_times(world: World) -> None:
+    await crash_run(world, processes=60, documents=40, kills=40)

@@ -11,13 +11,11 @@ import aiohttp
 import asyncpg
 
 from pdpj_async import keys
-from pdpj_async.config import PdpjConfig, StorageConfig
-from pdpj_async.storage import Storage
-from tests.fixtures.receiver import Receiver
-from tests.fixtures.s3 import S3Bucket
+from pdpj_async.config import PdpjConfig
 from tests.fixtures.sandbox import Sandbox
 from tests.system.harness import (
     Fleet,
+    World,
     audit_end_state,
     daemon_config,
     enable_versioning,
@@ -29,28 +27,20 @@ from tests.system.harness import (
 )
 
 
-async def test_three_daemons_one_killed_nothing_lost_nothing_twice(
-    db_dsn: str,
-    tmp_path: Path,
-    sandbox: Sandbox,
-    pdpj_config: PdpjConfig,
-    s3_config: StorageConfig,
-    s3_bucket: S3Bucket,
-    s3_storage: Storage,
-    pool: asyncpg.Pool,
-    receiver: Receiver,
-    unused_tcp_port_factory: Any,
-) -> None:
+async def test_three_daemons_one_killed_nothing_lost_nothing_twice(world: World) -> None:
+    sandbox, pool, receiver, s3_bucket = world.sandbox, world.pool, world.receiver, world.s3_bucket
     enable_versioning(s3_bucket)
     numbers = [make_number(7500 + i) for i in range(15)]
     await sandbox.fault(latency_ms=100)
     for number in numbers:
         await sandbox.override(number, documents=[{"size": 3_000 + i} for i in range(12)])
     key = await keys.create_key(pool, "fleet", "user")
-    ports = {slot: unused_tcp_port_factory() for slot in "abc"}
+    ports = {slot: world.free_port() for slot in "abc"}
     fleet = Fleet(
-        tmp_path,
-        lambda name: daemon_config(db_dsn, tmp_path, pdpj_config, ports[name[0]], s3_config, name),
+        world.tmp_path,
+        lambda name: daemon_config(
+            world.db_dsn, world.tmp_path, world.pdpj_config, ports[name[0]], world.s3_config, name
+        ),
     )
     try:
         for slot in "abc":
@@ -79,7 +69,7 @@ async def test_three_daemons_one_killed_nothing_lost_nothing_twice(
         await wait_jobs_final(pool, within_s=120)
         await wait_deliveries_settled(pool, within_s=60)
         assert sorted(await fleet.terminate_all()) == [0, 0]
-        await s3_storage.sweep(older_than_s=0)
+        await world.s3_storage.sweep(older_than_s=0)
         audit = await audit_end_state(pool, sandbox, s3_bucket, receiver)
         assert audit.documents == 15 * 12
 
