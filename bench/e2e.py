@@ -189,6 +189,7 @@ async def run_ours(
     label: str = "",
 ) -> dict[str, Any]:
     """The daemon downloads the whole plan; figures from first request to last webhook."""
+    await asyncio.to_thread(ctx.pg.settle)
     dsn = ctx.pg.fresh()
     pool = await db.create_pool(dsn, min_size=1, max_size=2)
     try:
@@ -561,6 +562,7 @@ async def limit_role(spec: dict[str, Any]) -> dict[str, Any]:
 
 async def run_child(ctx: Context, role: str, backend: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run seed/limit in a child process; its docs/s, MB/s, peak RSS and CPU."""
+    await asyncio.to_thread(ctx.pg.settle)  # as before ours: the server quiet
     s3 = None
     store_dir = ctx.root / f"{role}-objects"
     if backend in S3_BACKENDS:
@@ -846,7 +848,11 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=1, help="ours/limit rounds (median; the order alternates)"
     )
-    parser.add_argument("--no-compare", action="store_true")
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip ours, the limit and the seed: the sweep only",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per daemon run")
     parser.add_argument("--profile", help="py-spy the daemon (ours); collapsed stacks here")
     parser.add_argument("--no-save", action="store_true", help="write no result file")
