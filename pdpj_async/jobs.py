@@ -18,7 +18,7 @@ from .errors import Conflict, InvalidRequest, NotFound
 from .keys import ApiKey
 from .logs import get_logger
 from .processes import DOWNLOAD_KIND, status_url
-from .schemas import DocumentView, JobList, JobView, ProcessStatus, StatusView, TextStatus
+from .schemas import DocumentView, JobList, JobView, ProcessStatus, StatusView, text_status
 from .text import text_key
 from .webhooks import events
 
@@ -334,9 +334,8 @@ def _overall(views: list[DocumentView], completed: int, failed: int) -> ProcessS
 
 def _document_view(row: asyncpg.Record, sign: UrlSigner) -> DocumentView:
     available = row["status"] == "available" and row["storage_key"] is not None
-    # An available document's text is pending until its text work has written a row; the link
-    # only while the text is available (as GET /documents/{uuid}/text answers), beside the binary.
-    text: TextStatus | None = (row["text_status"] or "pending") if available else None
+    # The link only while the text is available (as GET /documents/{uuid}/text answers).
+    text = text_status(available, row["text_status"])
     return DocumentView(
         id=row["id"],
         uuid=row["uuid"],

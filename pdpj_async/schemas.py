@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, cast
 from uuid import UUID
 
 import msgspec
@@ -63,6 +63,14 @@ class ProcessResponse(_View):
 # The state of a document's text (GET /documents/{uuid}/text, search): null until the document
 # is available, then pending until its text work ends.
 TextStatus = Literal["pending", "available", "no_text", "failed", "off"]
+
+
+def text_status(document_available: bool, text_row_status: str | None) -> TextStatus | None:
+    """A document's text status as every answer gives it: None while the document is not
+    available, then "pending" until its text work has written a row, then that row's status."""
+    if not document_available:
+        return None
+    return cast(TextStatus, text_row_status or "pending")
 
 
 class DocumentView(_View):

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .. import access, cnj, search
 from ..errors import Conflict, InvalidRequest, NotFound
+from ..schemas import text_status
 from ..text import store
 from . import appkeys
 from .middleware import caller
@@ -72,7 +73,7 @@ async def document_text(request: web.Request) -> web.Response:
     document_id = await store.document_id(pool, uuid, process_id)
     row = None if document_id is None else await store.text_of(pool, document_id)
     if row is None or row["status"] != "available":
-        status = "pending" if row is None else row["status"]
+        status = text_status(True, None if row is None else row["status"])
         reason = f": {row['error_message']}" if row is not None and row["error_message"] else ""
         raise Conflict(f"the document's text_status is {status}{reason}")
     url = request.app[appkeys.STORAGE].download_url(row["storage_key"], filename="text.txt")

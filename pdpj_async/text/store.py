@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 
 from ..db import Executor, queries
+from ..schemas import text_status
 from ..storage import Storage
 
 _SQL = queries.load("text")
@@ -49,7 +50,7 @@ async def link_texts(conn: Executor, storage: Storage, documents: list[dict[str,
         if doc.get("status") != "available":
             continue
         row = rows.get(int(doc["id"]))
-        doc["text_status"] = "pending" if row is None else row["status"]
+        doc["text_status"] = text_status(True, None if row is None else row["status"])
         key = row["storage_key"] if row is not None and row["status"] == "available" else None
         doc["text_url"] = storage.download_url(key) if key else None
 

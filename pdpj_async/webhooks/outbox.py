@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from ..db import Executor, queries
 from ..errors import NotFound
+from ..schemas import text_status
 
 _SQL = queries.load("webhooks")
 
@@ -129,7 +130,7 @@ def build_job_payload(
             sha256=d["sha256"],
             status=d["status"],
             error_message=d["error_message"],
-            text_status=(d["text_status"] or "pending") if d["status"] == "available" else None,
+            text_status=text_status(d["status"] == "available", d["text_status"]),
         )
         for d in documents[:max_documents]
     ]
