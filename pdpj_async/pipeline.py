@@ -247,7 +247,8 @@ class Downloader:
             storage_key=key,
             mime_type=mime,
         )
-        # Only the commit is left: the next document may start its download meanwhile.
+        # Only the commit is left (asked again: settling is refused while queue.workers
+        # handlers are settling already).
         settling()
         # Shielded: once the bytes are stored, a cancelled worker still gets its commit.
         await asyncio.shield(self._finisher.finish(task, finished))
@@ -291,6 +292,10 @@ class Downloader:
                     raise ContentMismatch(
                         f"PDPJ declared {declared} bytes but sent {writer.size} (size mismatch)"
                     )
+                # The body is all here and checked: the worker slot goes to the next document
+                # while this one is made durable (fsync and rename; S3's PUT or completion).
+                # PDPJ still sees at most queue.workers downloads at once.
+                settling()
                 stored = await writer.commit()
         return stored, mime
 

@@ -335,6 +335,47 @@ async def test_a_claim_starts_its_downloads_at_once_and_undoing_it_leaves_them_w
     assert daemon.downloader.outcomes["skipped"] == 1
 
 
+async def test_the_next_download_starts_while_a_stored_body_is_made_durable(
+    make_instance: MakeInstance, sandbox: Sandbox, store: Store
+) -> None:
+    """With one worker, a document whose body has arrived gives its slot to the next one while
+    its own object is made durable (held here): PDPJ's latency and the store's overlap."""
+    docs = await sandbox.override(NUMBER, documents=[{"size": 1000}, {"size": 2000}])
+    daemon = await make_instance(workers=1)
+    durable = asyncio.Event()
+    committing: list[str] = []
+    open_writer = daemon.storage.open_writer
+
+    async def held_open_writer(key: str, **kwargs: Any) -> Any:
+        writer = await open_writer(key, **kwargs)
+        commit = writer.commit
+
+        async def held_commit() -> Any:
+            committing.append(key)
+            await durable.wait()
+            return await commit()
+
+        writer.commit = held_commit  # type: ignore[method-assign]
+        return writer
+
+    daemon.storage.open_writer = held_open_writer  # type: ignore[method-assign]
+    job_id = await daemon.request()
+    async with asyncio.timeout(10):
+        while len(committing) < 2:
+            await asyncio.sleep(0.02)
+    # Both bodies were fetched whole while the first one's commit was still held.
+    fetched = (await sandbox.stats())["documents"]
+    assert {u: (f["fetches"], f["completed"]) for u, f in fetched.items()} == {
+        d["uuid"]: (1, 1) for d in docs
+    }
+    assert store.objects() == []
+    durable.set()
+    assert (await daemon.wait_job(job_id))["status"] == "completed"
+    stored = [(await daemon.document(d["uuid"]))["storage_key"] for d in docs]
+    assert store.objects() == sorted(stored)
+    assert store.leftovers() == []
+
+
 async def test_a_requested_download_goes_before_the_text_of_stored_documents(
     make_instance: MakeInstance, sandbox: Sandbox
 ) -> None:

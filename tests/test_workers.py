@@ -418,31 +418,28 @@ async def test_a_settling_handler_gives_its_slot_to_the_next_row_and_keeps_its_o
     pool: asyncpg.Pool, db_dsn: str
 ) -> None:
     """queue.workers bounds the handlers at work: one waiting only for its commit (settling)
-    lets the next row start, and its own row stays leased until it returns."""
-    await enqueue(pool, "a", "b", "c")
+    lets the next row start, and its own row stays leased until it returns. Those settling are
+    bounded too (they may hold a writer's buffers): beyond queue.workers of them, a handler
+    keeps its slot, and the rows after it wait."""
+    await enqueue(pool, "a", "b", "c", "d", "e")
     commit = asyncio.Event()
-    working: set[str] = set()
-    most_working = 0
     started: list[str] = []
 
     async def handler(task: Task) -> None:
-        nonlocal most_working
         started.append(task.ref)
-        working.add(task.ref)
-        most_working = max(most_working, len(working))
         await asyncio.sleep(0.01)
-        working.discard(task.ref)
         settling()
         await commit.wait()
 
-    async with running_pool(pool, db_dsn, handler, cfg=config(workers=1)) as workers:
-        await eventually(lambda: len(started) == 3)
-        assert most_working == 1
-        # All three wait for their commit: their rows are still theirs.
-        assert workers.running == 3
+    async with running_pool(pool, db_dsn, handler, cfg=config(workers=2)) as workers:
+        await eventually(lambda: len(started) == 4)
+        await asyncio.sleep(0.3)
+        # Two settling, two refused (holding their slots): the fifth row waits.
+        assert len(started) == 4
+        assert workers.running == 4
         assert {r["lease_owner"] for r in await rows(pool)} == {"pool-a"}
         commit.set()
-        await eventually(lambda: workers.running == 0)
+        await eventually(lambda: len(started) == 5 and workers.running == 0)
     assert await rows(pool) == []
 
 

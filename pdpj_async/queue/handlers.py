@@ -11,7 +11,9 @@ A handler is `async def handler(task: Task) -> None`. Its outcome settles the ro
 - LeaseLost: the row was taken over by another owner, nothing is written;
 - anything else: retried with exponential backoff and full jitter until max_attempts.
 A handler whose remaining work is only its commit may call `settling()`: its worker slot goes
-to the next row at once, while its row stays leased (and heartbeated) until it returns.
+to the next row at once, while its row stays leased (and heartbeated) until it returns. At most
+`workers` handlers settle at once (a settling handler may still hold buffers): beyond that the
+call is refused, the slot kept, and the handler may ask again later.
 On the final failure `on_final_failure(conn, task, error)` runs in the transaction that
 deletes the row. A handler whose lease is lost, or whose row is cancelled, is cancelled.
 A kind's `prepare(conn, tasks)` runs once per claim on that kind's rows before any of them is
@@ -57,8 +59,9 @@ SETTLING: contextvars.ContextVar[Callable[[], None]] = contextvars.ContextVar("s
 
 def settling() -> None:
     """Called by a running handler whose work is done but for its commit: its worker slot is
-    given to the next row (config `queue.workers` bounds the handlers at work, not those
-    waiting for a commit). Outside a worker pool's handler, nothing happens."""
+    given to the next row (config `queue.workers` bounds the handlers at work, and apart from
+    them those waiting for a commit: refused at that many). Outside a worker pool's handler,
+    nothing happens."""
     free = SETTLING.get(None)
     if free is not None:
         free()

@@ -247,7 +247,9 @@ class WorkerPool:
             handler.add_done_callback(functools.partial(self._handler_done, task.id))
 
     def _settle(self, task_id: int) -> None:
-        if task_id in self._running and task_id not in self._settling:
+        # At most `workers` settling (they may hold a writer's last buffers): refused beyond.
+        settle = len(self._settling) < self.config.workers
+        if settle and task_id in self._running and task_id not in self._settling:
             self._settling.add(task_id)
             if self._ready:
                 self._dispatch()
