@@ -423,17 +423,24 @@ async def test_a_settling_handler_gives_its_slot_to_the_next_row_and_keeps_its_o
     keeps its slot, and the rows after it wait."""
     await enqueue(pool, "a", "b", "c", "d", "e")
     commit = asyncio.Event()
+    working: set[str] = set()
+    most_working = 0
     started: list[str] = []
 
     async def handler(task: Task) -> None:
+        nonlocal most_working
         started.append(task.ref)
+        working.add(task.ref)
+        most_working = max(most_working, len(working))
         await asyncio.sleep(0.01)
+        working.discard(task.ref)
         settling()
         await commit.wait()
 
     async with running_pool(pool, db_dsn, handler, cfg=config(workers=2)) as workers:
         await eventually(lambda: len(started) == 4)
         await asyncio.sleep(0.3)
+        assert most_working == 2
         # Two settling, two refused (holding their slots): the fifth row waits.
         assert len(started) == 4
         assert workers.running == 4
