@@ -242,6 +242,7 @@ async def run_ours(
             ctx.profiles[backend] = Path(ctx.args.profile) / f"e2e_{backend}.txt"
             spy = harness.py_spy(daemon.pid, ctx.profiles[backend], ctx.args.timeout)
         requested: dict[str, float] = {}
+        answered: dict[str, float] = {}
         numbers = list(plan)
         started = time.monotonic()
 
@@ -255,6 +256,7 @@ async def run_ours(
                     body = await resp.text()
                     if resp.status != 202:
                         raise RuntimeError(f"{number}: {resp.status} {body[:300]}")
+                answered[number] = time.monotonic()
 
         headers = {"Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession(headers=headers) as http:
@@ -279,6 +281,7 @@ async def run_ours(
             spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT
             spy.wait()
         latencies = [ctx.receiver.arrived[n] - requested[n] for n in plan]
+        answers = [answered[n] - requested[n] for n in plan]
         docs = sum(len(d) for d in plan.values())
         mb = total_bytes(plan) / MB
         statuses = sorted(set(ctx.receiver.statuses.values()))
@@ -291,6 +294,11 @@ async def run_ours(
             "time_to_last_webhook_s": round(elapsed, 2),
             "webhook_p50_s": round(harness.percentile(latencies, 50), 2),
             "webhook_p99_s": round(harness.percentile(latencies, 99), 2),
+            # The requests themselves (each fetches its process from PDPJ and starts its job):
+            # documents are queued only as their process is answered.
+            "request_p50_s": round(harness.percentile(answers, 50), 3),
+            "request_p99_s": round(harness.percentile(answers, 99), 3),
+            "all_requested_s": round(max(answered.values()) - started, 2),
             "processes": len(plan),
             "documents": docs,
             "mb": round(mb, 1),
