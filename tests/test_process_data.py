@@ -433,6 +433,29 @@ async def stored_baseline(pool: asyncpg.Pool, raw: dict[str, Any]) -> int:
     return process_id
 
 
+async def test_deleting_processes_deletes_their_movements_and_no_others(
+    pool: asyncpg.Pool,
+) -> None:
+    """Movements have no foreign key (migration 0018): the delete trigger keeps the cascade."""
+    from pdpj_async import db
+    from pdpj_async.processes import store_fetched
+    from pdpj_async.upstream.parse import parse_process
+
+    ids = []
+    for sequence in (1, 2, 3):
+        number = cnj.parse(cnj.compose(sequence, "2024", "8", "26", "0100"))
+        raw = generate_process(number).raw
+        async with db.transaction(pool) as conn:
+            process_id, _ = await store_fetched(conn, parse_process(raw, number))
+        ids.append(process_id)
+    count = "SELECT count(*) FROM pdpj.process_movements WHERE process_id = ANY($1::bigint[])"
+    kept_before = await pool.fetchval(count, ids[2:])
+    assert await pool.fetchval(count, ids[:2]) > 100 and kept_before > 50
+    await pool.execute("DELETE FROM pdpj.processes WHERE id = ANY($1::bigint[])", ids[:2])
+    assert await pool.fetchval(count, ids[:2]) == 0
+    assert await pool.fetchval(count, ids[2:]) == kept_before
+
+
 async def test_undated_movements_come_last_and_page_by_cursor(pool: asyncpg.Pool) -> None:
     from pdpj_async import process_data
 

@@ -57,7 +57,7 @@ async def _record(conn: Connection, process_id: int, raw: dict[str, Any], new: b
         old = _decode_data(stored["data"]) if stored is not None else None
     # A baseline has nothing to compare with (diffing the data with itself only cost CPU).
     found = diff(old, parsed.data, set(known), parsed.movements) if old is not None else None
-    await _store_snapshot(conn, process_id, parsed, known)
+    await _store_snapshot(conn, process_id, parsed, known, first=new)
     if found is None or found.empty:
         return None
     # What the change lists was first seen now (the transaction's time, as the rows say).
@@ -89,9 +89,12 @@ async def _store_snapshot(
     process_id: int,
     parsed: Parsed,
     known: dict[str, str],
+    *,
+    first: bool = False,
 ) -> None:
     """The typed data and the movements not `known` (one statement); then the instances a
-    known movement gained."""
+    known movement gained. `first`: the process was inserted by this transaction (nothing of
+    it is stored: plain inserts)."""
     moves = parsed.movements
     found = zip(moves, parsed.movement_at, parsed.movement_raw, strict=True)
     rows = [
@@ -100,7 +103,8 @@ async def _store_snapshot(
         if m.id not in known
     ]
     data = _encode(parsed.data).decode()
-    await conn.execute(_SQL["put_snapshot_and_movements"], process_id, data, _encode(rows).decode())
+    put = _SQL["put_first_snapshot_and_movements" if first else "put_snapshot_and_movements"]
+    await conn.execute(put, process_id, data, _encode(rows).decode())
     # A movement already stored that an instance lists for the first time.
     grown = [
         m

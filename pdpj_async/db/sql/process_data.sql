@@ -35,6 +35,17 @@ INSERT INTO pdpj.process_snapshots AS s (process_id, data)
 VALUES ($1, $2::text::jsonb)
 ON CONFLICT (process_id) DO UPDATE SET data = EXCLUDED.data, recorded_at = now();
 
+-- name: put_first_snapshot_and_movements
+-- The same for a process this transaction inserted: nothing of it is stored yet, so plain
+-- inserts. ON CONFLICT's speculative insertion costs each row a WAL record and a check of its
+-- own (300 movements: 4.85 against 3.85 ms of the server's CPU).
+WITH movements AS (
+    INSERT INTO pdpj.process_movements (process_id, id, data_hora, descricao, instances, raw)
+    SELECT $1, e->>0, (e->>1)::timestamptz, e->>2, string_to_array(e->>3, E'\x1f'), e->4
+    FROM jsonb_array_elements($3::text::jsonb) AS e
+)
+INSERT INTO pdpj.process_snapshots (process_id, data) VALUES ($1, $2::text::jsonb);
+
 -- name: set_movement_instances
 -- A movement now listed by more instances than before (joined by U+001F, as above).
 UPDATE pdpj.process_movements m
