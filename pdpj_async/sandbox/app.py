@@ -218,8 +218,9 @@ async def _send(
     step = chunk_size if not bps else max(1024, min(chunk_size, bps // 10))
     sent = 0
     for piece in document_chunks(spec.uuid, spec.size, spec.mime, limit):
-        for start in range(0, len(piece), step):
-            part = piece[start : start + step]
+        view = memoryview(piece)  # parts of it, not copies
+        for start in range(0, len(view), step):
+            part = view[start : start + step]
             await response.write(part)
             sent += len(part)
             if bps:
